@@ -1,0 +1,48 @@
+"""glueforge task graph (doit). Declarations only: the stages live in glueforge/.
+
+    doit build target=cpu                        every model for the cpu target
+    doit build target=cpu model=aliked_lightglue one model
+    doit list                                    the stages
+"""
+
+from doit import get_var
+
+from glueforge.cli import load_plan
+
+DOIT_CONFIG = {"default_tasks": ["build"], "dep_file": "artifacts/.doit.db", "backend": "json", "verbosity": 2}
+
+PLAN = load_plan(target=get_var("target", "cpu"), models=get_var("model", None))
+
+
+def task_fetch():
+    """fetch weights from their declared sources and verify their sha256"""
+    yield from PLAN.fetch_tasks()
+
+
+def task_export():
+    """export the patched PyTorch model to ONNX (end-to-end, extractor, matcher)"""
+    yield from PLAN.stage_tasks("export")
+
+
+def task_simplify():
+    """simplify the ONNX graphs (onnxsim) and infer every tensor's shape"""
+    yield from PLAN.stage_tasks("simplify")
+
+
+def task_engine():
+    """build the engine of the target runtime"""
+    yield from PLAN.stage_tasks("engine")
+
+
+def task_validate():
+    """validate the engine against golden PyTorch outputs and the kornia reference"""
+    yield from PLAN.stage_tasks("validate")
+
+
+def task_bundle():
+    """bundle engine, I/O spec and validation into the store with manifest.json"""
+    yield from PLAN.stage_tasks("bundle")
+
+
+def task_build():
+    return PLAN.build_task()

