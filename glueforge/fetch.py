@@ -92,11 +92,14 @@ def _https(source: HttpsSource, out: BinaryIO, cache_dir: Path, root: Path) -> N
 
     retries = urllib3.Retry(total=4, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504))
     http = urllib3.PoolManager(retries=retries, timeout=urllib3.Timeout(connect=10, read=60))
-    response = http.request("GET", source.https, preload_content=False)
+    # identity: Content-Length then counts the bytes we store, not a compressed transfer
+    response = http.request("GET", source.https, preload_content=False, headers={"Accept-Encoding": "identity"})
     try:
         if response.status != 200:
             raise FetchError(f"HTTP {response.status}")
         expected = response.headers.get("Content-Length")
+        if response.headers.get("Content-Encoding", "identity") != "identity":
+            expected = None  # the length is of the encoded body; urllib3 checks it (enforce_content_length)
         copy_counted(response, out, int(expected) if expected else None)
     finally:
         response.release_conn()
