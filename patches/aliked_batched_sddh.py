@@ -13,8 +13,8 @@ Replacement: the same computation on ``(B, K, ...)`` tensors: the 3x3 patch is o
 map), the offsets and aggregation run on ``B * K`` patches, and the deformable samples are
 one ``grid_sample`` per batch. Same weights, same arithmetic, no loop.
 
-Parity: tests/test_parity.py::test_extractor_parity[aliked_lightglue] (descriptor cosine
-against kornia's unpatched SDDH on real photographs) and tests/test_patches.py.
+Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia[aliked_lightglue] (descriptor cosine
+against kornia's unpatched SDDH on real photographs).
 """
 
 from __future__ import annotations

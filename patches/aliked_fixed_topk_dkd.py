@@ -15,7 +15,7 @@ batched ``grid_sample``. Outputs are ``(B, K, 2)`` keypoints in [-1, 1] and ``(B
 The border rule and temperature are upstream's; the peaks are at least ``radius`` pixels
 inside the map, so the window never leaves it and upstream's zero padding is never read.
 
-Parity: tests/test_parity.py::test_extractor_parity[aliked_lightglue] (real weights, real
+Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia[aliked_lightglue] (real weights, real
 photographs, against kornia's unpatched ALIKED in top-k mode).
 """
 

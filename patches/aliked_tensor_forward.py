@@ -10,7 +10,7 @@ Replacement: the same three stages, with the patched DKD (``aliked_fixed_topk_dk
 SDDH (``aliked_batched_sddh``), returning ``keypoints`` (B, K, 2) in pixels, ``scores``
 (B, K) and ``descriptors`` (B, K, D). Grey input is repeated to three channels as upstream.
 
-Parity: tests/test_parity.py::test_extractor_parity[aliked_lightglue].
+Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia[aliked_lightglue].
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ fixed K the K strongest maxima are returned, as upstream does with ``score_thres
 Inputs whose size is not a multiple of 16 are zero-padded bottom/right and the maps cropped
 back, as upstream's ``pad_if_not_divisible``.
 
-Parity: tests/test_parity.py::test_extractor_parity[disk_lightglue] (real weights, real
+Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia[disk_lightglue] (real weights, real
 photographs, against kornia's unpatched DISK).
 """
 

@@ -14,7 +14,7 @@ as upstream's fill value. The similarity is a ``MatMul`` instead of an ``Einsum`
 transpose names its axes positively (see ``lightglue_posenc_expand`` for why).
 
 Parity: tests/test_patches.py::test_concat_assignment_matches_upstream (random inputs, exact)
-and tests/test_parity.py::test_end_to_end_parity (matches against kornia's LightGlue).
+and tests/test_build.py::test_parity_of_bundled_graphs_with_kornia (matches against kornia's LightGlue).
 """
 
 from __future__ import annotations

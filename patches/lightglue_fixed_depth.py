@@ -14,7 +14,7 @@ Replacement: tensors in, tensors out; every one of the ``n_layers`` transformer 
 layer's assignment and upstream's ``filter_matches``. Outputs are ``matches0`` (B, M) int64
 (-1 for unmatched) and ``mscores0`` (B, M). The image size is a constant of the graph.
 
-Parity: tests/test_parity.py::test_end_to_end_parity (matches reproduced against kornia's
+Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia (matches reproduced against kornia's
 LightGlue with ``depth_confidence=-1, width_confidence=-1``).
 """
 

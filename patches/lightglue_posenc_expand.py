@@ -15,7 +15,7 @@ Replacement: ``unsqueeze(-1)``, ``expand`` to 2 and ``reshape``: the same interl
 (``[c0, c0, c1, c1, ...]``) with Unsqueeze/Expand/Reshape, and explicit positive axes.
 
 Parity: tests/test_patches.py::test_posenc_expand_matches_upstream (exact) and
-tests/test_parity.py::test_end_to_end_parity.
+tests/test_build.py::test_parity_of_bundled_graphs_with_kornia.
 """
 
 from __future__ import annotations

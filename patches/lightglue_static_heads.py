@@ -16,7 +16,7 @@ onnxruntime's attention fusion and TensorRT's MHA fusion both recognise. Every a
 named positively.
 
 Parity: tests/test_patches.py::test_static_heads_match_upstream (exact to float rounding on
-random inputs) and tests/test_parity.py::test_end_to_end_parity.
+random inputs) and tests/test_build.py::test_parity_of_bundled_graphs_with_kornia.
 """
 
 from __future__ import annotations

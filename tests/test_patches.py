@@ -6,6 +6,8 @@ tests pin the exactness of the pieces and the patch mechanism itself.
 
 from __future__ import annotations
 
+import re
+
 from types import SimpleNamespace
 
 import pytest
@@ -97,3 +99,13 @@ def test_every_patch_documents_upstream_reason_replacement_and_test():
         for heading in ("Upstream:", "Why it fails", "Replacement:", "Parity:"):
             assert heading in doc, f"{path.name} docstring lacks {heading!r}"
         assert hasattr(module, "TARGET") and callable(module.apply)
+
+
+def test_parity_tests_named_by_patches_exist():
+    tests_dir = patches.PATCH_DIR.parent / "tests"
+    for path in sorted(patches.PATCH_DIR.glob("[!_]*.py")):
+        doc = " ".join((patches.patch_module(path.stem).__doc__ or "").split())
+        named = re.findall(r"(tests/\w+\.py)::(\w+)", doc)
+        assert named, f"{path.name} names no parity test"
+        for file, test in named:
+            assert f"def {test}(" in (tests_dir.parent / file).read_text(), f"{path.name}: {file}::{test} does not exist"
