@@ -31,7 +31,8 @@ from validation.metrics import pair_metrics
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout (as in CI); GLUEFORGE_SHARED_DATA points elsewhere
+SHARED_DATA = Path(os.environ.get("GLUEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 MODELS = ("aliked_lightglue", "disk_lightglue")
 # Acceptance thresholds of the parity against kornia (issue: end to end on real weights)
 PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}
@@ -167,7 +168,7 @@ def _reference_models(project: Path, model: str, download_cache: Path) -> Models
 @pytest.mark.parametrize("model", MODELS)
 def test_parity_of_bundled_graphs_with_kornia(built, download_cache, model, record_property):
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there")
+        pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
     bundle = built / "artifacts" / "store" / model / "0.1.0" / "cpu"
     end2end = ort.InferenceSession(str(bundle / "end2end.onnx"), providers=["CPUExecutionProvider"])
     extractor = ort.InferenceSession(str(bundle / "extractor.onnx"), providers=["CPUExecutionProvider"])
