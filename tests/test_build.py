@@ -192,8 +192,8 @@ def test_parity_of_bundled_graphs_with_kornia(built, download_cache, model, reco
     )
     log.info("parity of the bundled %s graphs against kornia:\n%s", model, table)
     record_property("parity", table)
-    report = Path(os.environ.get("GLUEFORGE_PARITY_REPORT", built / "artifacts" / f"parity-{model}.txt"))
-    report.write_text(table + "\n")
+    report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", built / "artifacts"))
+    (report_dir / f"parity-{model}.txt").write_text(table + "\n")
     for name, m in rows:
         for metric, threshold in PARITY.items():
             assert m[metric] >= threshold, f"{model} {name}: {metric} {m[metric]:.5f} < {threshold}"
