@@ -2,6 +2,7 @@
 
     doit build target=cpu                        every model for the cpu target
     doit build target=cpu model=aliked_lightglue one model
+    doit fuse target=orin_nano                   stop after the ONNX stages on purpose
     doit list                                    the stages
 """
 
@@ -27,6 +28,11 @@ def task_export():
 def task_simplify():
     """simplify the ONNX graphs (onnxsim) and infer every tensor's shape"""
     yield from PLAN.stage_tasks("simplify")
+
+
+def task_fuse():
+    """target-specific graph: fused attention (onnxruntime), or lint and FP16 islands (TensorRT)"""
+    yield from PLAN.stage_tasks("fuse")
 
 
 def task_engine():

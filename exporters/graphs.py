@@ -9,6 +9,11 @@ Interface (DESIGN.md, "Model interface"), the convention LightGlue-ONNX users kn
   ``descriptors`` (N, K, D);
 - ``matcher``: ``keypoints`` (2B, K, 2) pixels and ``descriptors`` (2B, K, D), interleaved
   as above -> ``matches`` (M, 3), ``mscores`` (M,). The image size is a graph constant.
+
+TensorRT targets take the dense match outputs instead (``match_output: dense``):
+``matches0`` int64 (B, K), the index in image 1 of each keypoint of image 0 or -1, and
+``mscores0`` float32 (B, K). No tensor then has a data-dependent shape: TensorRT-RTX has no
+NonZero at all, and TensorRT needs an output allocator for one.
 """
 
 from __future__ import annotations
@@ -54,20 +59,23 @@ class ExtractorGraph(nn.Module):
 
 
 class MatcherGraph(nn.Module):
-    def __init__(self, matcher: nn.Module) -> None:
+    def __init__(self, matcher: nn.Module, dense: bool = False) -> None:
         super().__init__()
         self.matcher = matcher
+        self.dense = dense
 
     def forward(self, keypoints: torch.Tensor, descriptors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         matches0, mscores0 = self.matcher(keypoints[0::2], keypoints[1::2], descriptors[0::2], descriptors[1::2])
+        if self.dense:
+            return matches0, mscores0
         return dense_to_matches(matches0, mscores0)
 
 
 class EndToEndGraph(nn.Module):
-    def __init__(self, extractor: nn.Module, matcher: nn.Module) -> None:
+    def __init__(self, extractor: nn.Module, matcher: nn.Module, dense: bool = False) -> None:
         super().__init__()
         self.extractor = extractor
-        self.matcher = MatcherGraph(matcher)
+        self.matcher = MatcherGraph(matcher, dense)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         keypoints, _, descriptors = self.extractor(images)
@@ -81,7 +89,10 @@ def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[
     k = spec.keypoints
     images = TensorSpec("images", "float32", ("2B" if name == "end2end" else "N", channels, h, w))
     keypoints_pairs = TensorSpec("keypoints", "float32", ("2B", k, 2))
-    matches = [TensorSpec("matches", "int64", ("M", 3)), TensorSpec("mscores", "float32", ("M",))]
+    if getattr(spec, "match_output", "list") == "dense":
+        matches = [TensorSpec("matches0", "int64", ("B", k)), TensorSpec("mscores0", "float32", ("B", k))]
+    else:
+        matches = [TensorSpec("matches", "int64", ("M", 3)), TensorSpec("mscores", "float32", ("M",))]
     if name == "end2end":
         return [images], [keypoints_pairs, *matches]
     if name == "extractor":
@@ -116,12 +127,13 @@ class Models:
         return int(self.matcher.conf.input_dim)
 
     def graph(self, name: str) -> nn.Module:
+        dense = getattr(self.spec, "match_output", "list") == "dense"
         if name == "end2end":
-            return EndToEndGraph(self.extractor, self.matcher).eval()
+            return EndToEndGraph(self.extractor, self.matcher, dense).eval()
         if name == "extractor":
             return ExtractorGraph(self.extractor).eval()
         if name == "matcher":
-            return MatcherGraph(self.matcher).eval()
+            return MatcherGraph(self.matcher, dense).eval()
         raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
 
     def example_inputs(self, name: str, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

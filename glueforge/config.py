@@ -21,6 +21,12 @@ from glueforge import GlueforgeError
 # TensorRT's TopK layer accepts K <= 3840 (ITopKLayer, TensorRT 8.x-10.x).
 TENSORRT_MAX_TOPK = 3840
 TENSORRT_RUNTIMES = ("tensorrt", "tensorrt_rtx")
+# Compute capabilities TensorRT-RTX compiles for ahead of time (tensorrt_rtx.ComputeCapability).
+TENSORRT_RTX_COMPUTE = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
+TURING_FP32_GEMM = (
+    "TensorRT-RTX cannot compile FP32 matrix multiplies for Turing: \"Cannot compile operation ... for Turing "
+    "(SM75): FP32 GEMM is not supported\"; a target with compute capability 7.5 must be fp16"
+)
 
 
 class ConfigError(GlueforgeError):
@@ -170,6 +176,20 @@ class OrtSession(Strict):
     execution_mode: Literal["ORT_SEQUENTIAL", "ORT_PARALLEL"] = "ORT_SEQUENTIAL"
 
 
+class BatchProfile(Strict):
+    """Pairs per call (the 2B input has 2 * pairs images): TensorRT's min/opt/max shape profile."""
+
+    min: Annotated[int, Field(ge=1)] = 1
+    opt: Annotated[int, Field(ge=1)] = 1
+    max: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _order(self) -> "BatchProfile":
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"needs min <= opt <= max (got {self.min}, {self.opt}, {self.max})")
+        return self
+
+
 class Target(Strict):
     runtime: Literal["onnxruntime", "tensorrt", "tensorrt_rtx"]
     precision: Literal["fp32", "fp16"]
@@ -181,9 +201,30 @@ class Target(Strict):
     cuda_version: Optional[str] = None
     jetpack: Optional[str] = None
     workspace_mib: Optional[Annotated[int, Field(ge=16)]] = None
+    builder_optimization_level: Annotated[int, Field(ge=0, le=5)] = 3
+    batch: BatchProfile = BatchProfile()
     session: OrtSession = OrtSession()
     tolerances: dict[str, Tolerance]
     thresholds: Thresholds
+
+    @model_validator(mode="after")
+    def _runtime_fields(self) -> "Target":
+        if self.runtime == "tensorrt" and self.builder is None:
+            raise ValueError("a tensorrt target needs 'builder': trtexec or python")
+        if self.runtime in TENSORRT_RUNTIMES and not self.compute_capability:
+            raise ValueError(f"a {self.runtime} target needs 'compute_capability', e.g. [\"8.7\"]")
+        if self.runtime == "tensorrt_rtx":
+            unknown = [c for c in self.compute_capability if c not in TENSORRT_RTX_COMPUTE]
+            if unknown:
+                raise ValueError(f"compute capabilities {unknown} are not TensorRT-RTX targets; valid: {', '.join(TENSORRT_RTX_COMPUTE)}")
+            if self.precision == "fp32" and "7.5" in self.compute_capability:
+                raise ValueError(f"precision fp32 with compute capability 7.5: {TURING_FP32_GEMM}")
+        return self
+
+    @property
+    def match_output(self) -> str:
+        """``list``: matches (M, 3) via NonZero; ``dense``: matches0 (B, K), no data-dependent shape (TensorRT)."""
+        return "dense" if self.runtime in TENSORRT_RUNTIMES else "list"
 
 
 class Store(Strict):
@@ -228,6 +269,7 @@ class ExportSettings(Strict):
     keypoints: int
     opset: int
     graphs: list[Graph]
+    match_output: Literal["list", "dense"] = "list"
     extractor: ExtractorSpec
     matcher: MatcherSpec
 
@@ -307,6 +349,7 @@ class Config:
             keypoints=t.keypoints or m.export.keypoints,
             opset=m.export.opset,
             graphs=list(m.export.graphs),
+            match_output=t.match_output,
             extractor=m.extractor,
             matcher=m.matcher,
         )

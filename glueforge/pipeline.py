@@ -1,6 +1,6 @@
 """The stage graph of one models.yaml: action keys, cached results, and running a stage.
 
-fetch -> export -> simplify -> engine -> validate -> bundle
+fetch -> export -> simplify -> fuse -> engine -> validate -> bundle
 
 Each stage's action key hashes the stage's code, the digests of its input artifacts, the
 configuration it reads and the versions of the tools that shape its bytes (DESIGN.md,
@@ -27,7 +27,7 @@ from glueforge.store import LocalStore
 
 log = logging.getLogger(__name__)
 
-STAGES = ("export", "simplify", "engine", "validate", "bundle")
+STAGES = ("export", "simplify", "fuse", "engine", "validate", "bundle")
 ROLES = ("extractor", "matcher")
 
 
@@ -121,10 +121,15 @@ class Pipeline:
         if stage == "simplify":
             payload.update(code=self.code_digests(self._own("glueforge/simplify.py")),
                            tools=tool_versions("onnx", "onnxsim", "onnxruntime"))
+        elif stage == "fuse":
+            payload.update(code=self.code_digests(self._own("glueforge/fuse.py", "glueforge/attention.py", "glueforge/lint.py")),
+                           target=t.model_dump(mode="json", include={"runtime", "precision", "tensorrt_version"}),
+                           tools=tool_versions("onnx", "onnxruntime"))
         elif stage == "engine":
-            payload.update(code=self.code_digests(self._own("glueforge/engine.py")),
+            payload.update(code=self.code_digests(self._own("glueforge/engine.py", "glueforge/tensorrt.py")),
                            target=t.model_dump(mode="json", exclude={"tolerances", "thresholds", "description"}),
-                           tools=tool_versions("onnxruntime"))
+                           io=self._input("export", model, target).digests()["io.json"],
+                           tools=self._runtime_versions(t))
         elif stage == "validate":
             payload.update(code=self.code_digests(self._own("validation/validate.py", "validation/metrics.py")),
                            golden=self._input("export", model, target).digests(),
@@ -137,6 +142,14 @@ class Pipeline:
                            provenance=self.provenance(model, target, with_commit=False),
                            version=cfg.model(model).version)
         return payload
+
+    @staticmethod
+    def _runtime_versions(t) -> dict[str, str]:
+        if t.runtime == "onnxruntime":
+            return tool_versions("onnxruntime")
+        if t.runtime == "tensorrt_rtx":
+            return {"tensorrt_rtx": _version_or_none("tensorrt-rtx-cu13")}
+        return {"tensorrt": _version_or_none("tensorrt")}  # the engine stage checks the machine's release itself
 
     # -- results ----------------------------------------------------------------------------
     def _input(self, stage: str, model: str, target: str) -> Result:
@@ -200,12 +213,26 @@ class Pipeline:
                 return {g: simplify(source.file(f"{g}.onnx"), out / f"{g}.onnx") for g in self._graphs(model)}
 
             return build
-        if stage == "engine":
-            from glueforge.engine import build_engine
+        if stage == "fuse":
+            from glueforge.fuse import fuse
 
             source = self.result("simplify", model, target)
-            graphs = {g: source.file(f"{g}.onnx") for g in self._graphs(model)}
-            return lambda out: build_engine(target, cfg.target(target), graphs, out)
+
+            def build_fused(out: Path) -> dict[str, Any]:
+                return {g: fuse(source.file(f"{g}.onnx"), out / f"{g}.onnx", g, cfg.target(target)) for g in self._graphs(model)}
+
+            return build_fused
+        if stage == "engine":
+            import json
+
+            from glueforge.engine import build_engine
+
+            fused = self.result("fuse", model, target)
+            io = json.loads(self.result("export", model, target).file("io.json").read_text())["graphs"]
+            graphs = {g: fused.file(f"{g}.onnx") for g in self._graphs(model)}
+            fp32 = {g: fused.meta[g].get("fp32_layers", []) for g in graphs}
+            return lambda out: build_engine(target, cfg.target(target), graphs, out, io=io, fp32_layers=fp32,
+                                            timing_cache_dir=self.artifacts / "timing-cache", project_root=self.root)
         if stage == "validate":
             return self._validate_builder(model, target)
         if stage == "bundle":
@@ -218,18 +245,28 @@ class Pipeline:
     def _validate_builder(self, model: str, target: str) -> Callable[[Path], dict[str, Any]]:
         import json
 
+        from glueforge.config import OrtSession
         from glueforge.engine import ort_session
-        from validation.validate import ValidationFailed, validate
+        from validation.validate import ValidationFailed, tensorrt_session, validate
 
         t = self.config.target(target)
         engine = self.result("engine", model, target)
         export = self.result("export", model, target)
-        if t.runtime != "onnxruntime":
-            raise MissingInput(f"validating a {t.runtime} engine needs its runtime on this machine")
-        sessions = {g: (lambda path=engine.file(f"{g}.onnx"): ort_session(path, t.session)) for g in self._graphs(model)}
+        if t.runtime in ("onnxruntime", "tensorrt_rtx"):
+            # TensorRT-RTX engines run on RTX GPUs only: validate the FP16 graph they were compiled from
+            session = t.session if t.runtime == "onnxruntime" else OrtSession()
+            sessions = {g: (lambda path=engine.file(f"{g}.onnx"): ort_session(path, session)) for g in self._graphs(model)}
+        else:
+            sessions = {g: tensorrt_session(engine.file(f"{g}.engine")) for g in self._graphs(model)}
 
         def build(out: Path) -> dict[str, Any]:
             report = validate(sessions, export.path, target, t)
+            report["measured_with"] = {
+                "onnxruntime": "the engine itself, onnxruntime on the CPU",
+                "tensorrt_rtx": "the FP16 ONNX the engine was compiled from, onnxruntime on the CPU "
+                                "(TensorRT-RTX engines run on RTX GPUs only)",
+                "tensorrt": "the engine itself, TensorRT on the device",
+            }[t.runtime]
             if not report["passed"]:
                 failed = {g: {**{k: v for k, v in r["checks"].items() if not v},
                               **{k: v for k, v in r["outputs"].items() if not v["passed"]}}
@@ -260,8 +297,8 @@ class Pipeline:
                 engine_files=sorted(engine.files),
                 io_spec=io_spec,
                 validation=validation,
-                runtime={**engine.meta, "compute_capability": t.compute_capability or None,
-                         "tensorrt": None, "cuda": None, "jetpack": None},
+                runtime={"compute_capability": t.compute_capability or None, "tensorrt": None, "cuda": t.cuda_version,
+                         "jetpack": t.jetpack, **engine.meta},
                 provenance=self.provenance(model, target, with_commit=True),
             )
             return {"manifest": {k: manifest[k] for k in ("model", "version", "target", "files")}}
@@ -291,6 +328,13 @@ class Pipeline:
 
 class MissingInput(GlueforgeError):
     """A stage's input is not built yet or cannot be built here."""
+
+
+def _version_or_none(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _installed(name: str) -> bool:

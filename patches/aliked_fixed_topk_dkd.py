@@ -10,8 +10,8 @@ loop unrolls over the traced batch size, so the graph is tied to one batch; ``nn
 the whole map materialises ``(2r+1)^2 * H * W`` values to read ``(2r+1)^2 * K`` of them.
 
 Replacement: max-pool NMS and one ``TopK`` of exactly K per image (``patches._keypoints``),
-the soft-argmax window read with one ``Gather`` around each peak, and the score read with a
-batched ``grid_sample``. Outputs are ``(B, K, 2)`` keypoints in [-1, 1] and ``(B, K)`` scores.
+the soft-argmax window read with one ``Gather`` around each peak (its weighted mean as
+Mul + ReduceSum rather than a MatMul), and the score read with a batched ``grid_sample``. Outputs are ``(B, K, 2)`` keypoints in [-1, 1] and ``(B, K)`` scores.
 The border rule and temperature are upstream's; the peaks are at least ``radius`` pixels
 inside the map, so the window never leaves it and upstream's zero padding is never read.
 
@@ -47,7 +47,9 @@ class FixedTopKDKD(DKD):
         patch = torch.gather(scores_map.reshape(b, h * w), 1, window_index).reshape(b, k, -1)
         max_v = patch.max(dim=-1, keepdim=True).values.detach()
         x_exp = ((patch - max_v) / self.temperature).exp()
-        residual = (x_exp @ grid) / x_exp.sum(dim=-1, keepdim=True)
+        # weighted mean offset as Mul + ReduceSum, not a MatMul: the keypoint chain stays FP32 on
+        # FP16 targets, and TensorRT-RTX cannot compile an FP32 GEMM for Turing
+        residual = (x_exp.unsqueeze(-1) * grid).sum(dim=2) / x_exp.sum(dim=-1, keepdim=True)
         wh = torch.tensor([w - 1, h - 1], dtype=scores_map.dtype, device=scores_map.device)
         keypoints = (xy.to(scores_map.dtype) + residual) / wh * 2 - 1
         scores = F.grid_sample(scores_map, keypoints.unsqueeze(1), mode="bilinear", align_corners=True)

@@ -11,10 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,48 +25,15 @@ from glueforge.fetch import sha256_file, weight_path
 from validation.images import load, shared_pairs
 from validation.metrics import pair_metrics
 
+from tests.project import REPO, clone_project, doit
+
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout (as in CI); GLUEFORGE_SHARED_DATA points elsewhere
 SHARED_DATA = Path(os.environ.get("GLUEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 MODELS = ("aliked_lightglue", "disk_lightglue")
 # Acceptance thresholds of the parity against kornia (issue: end to end on real weights)
+VERSION = Config.load(REPO / "models.yaml").model("aliked_lightglue").version  # both models share it
 PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}
-
-
-def project_files(root: Path) -> list[str]:
-    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
-    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.split()
-    return sorted({*tracked, *untracked})
-
-
-def clone_project(dest: Path, artifacts_from: Path | None = None) -> Path:
-    """Copy the project's files (not its artifacts) to ``dest``; hard-link ``artifacts_from``'s artifacts."""
-    for rel in project_files(REPO):
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
-    if artifacts_from is not None:  # cache entries and bundles are immutable, so links are safe
-        shutil.copytree(artifacts_from / "artifacts", dest / "artifacts", copy_function=os.link)
-    return dest
-
-
-def doit(project: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
-    """Run doit in ``project``; return the process, the executed tasks and the up-to-date tasks."""
-    proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(project)})
-    executed = re.findall(r"^\.  (\S+)", proc.stdout, re.M)
-    skipped = re.findall(r"^-- (\S+)", proc.stdout, re.M)
-    return proc, executed, skipped
-
-
-@pytest.fixture(scope="session")
-def download_cache() -> Path:
-    """Weights are shared between copies of the project; fetching them is tested once per cache."""
-    path = Path(os.environ.get("GLUEFORGE_DOWNLOAD_CACHE", REPO / "artifacts" / "downloads"))
-    os.environ["GLUEFORGE_DOWNLOAD_CACHE"] = str(path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -86,9 +49,9 @@ def built(tmp_path_factory, download_cache) -> Path:
 
 def test_bundles_have_verified_manifests(built):
     for model in MODELS:
-        bundle = built / "artifacts" / "store" / model / "0.1.0" / "cpu"
+        bundle = built / "artifacts" / "store" / model / VERSION / "cpu"
         manifest = json.loads((bundle / "manifest.json").read_text())
-        assert (manifest["model"], manifest["version"], manifest["target"]) == (model, "0.1.0", "cpu")
+        assert (manifest["model"], manifest["version"], manifest["target"]) == (model, VERSION, "cpu")
         assert manifest["validation"]["status"] == "passed"
         listed = set(manifest["files"])
         assert {"end2end.onnx", "extractor.onnx", "matcher.onnx", "session.json", "validation.json", "io.json"} <= listed
@@ -123,12 +86,12 @@ def test_patch_edit_reruns_only_dependent_model(built, tmp_path):
     project = clone_project(tmp_path / "edited", artifacts_from=built)
     patch = project / "patches" / "aliked_fixed_topk_dkd.py"
     source = patch.read_text()
-    old = "residual = (x_exp @ grid) / x_exp.sum(dim=-1, keepdim=True)"
+    old = "residual = (x_exp.unsqueeze(-1) * grid).sum(dim=2) / x_exp.sum(dim=-1, keepdim=True)"
     assert old in source
     # Same arithmetic, different graph: normalise the weights before the product.
-    patch.write_text(source.replace(old, "residual = (x_exp / x_exp.sum(dim=-1, keepdim=True)) @ grid"))
+    patch.write_text(source.replace(old, "residual = (x_exp / x_exp.sum(dim=-1, keepdim=True)).unsqueeze(-1).mul(grid).sum(dim=2)"))
     config = yaml.safe_load((project / "models.yaml").read_text())
-    config["models"]["aliked_lightglue"]["version"] = "0.1.1"  # published versions are immutable
+    config["models"]["aliked_lightglue"]["version"] = "0.2.1"  # published versions are immutable
     (project / "models.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     proc, executed, _ = doit(project, "build", "target=cpu")
@@ -136,14 +99,14 @@ def test_patch_edit_reruns_only_dependent_model(built, tmp_path):
     assert [t for t in executed if "disk_lightglue" in t or t.startswith("fetch:")] == []
     for stage in ("export", "simplify", "engine", "validate", "bundle"):
         assert f"{stage}:cpu:aliked_lightglue" in executed
-    assert (project / "artifacts/store/aliked_lightglue/0.1.1/cpu/manifest.json").is_file()
+    assert (project / "artifacts/store/aliked_lightglue/0.2.1/cpu/manifest.json").is_file()
 
 
 def test_validation_failure_stops_the_bundle(built, tmp_path):
     project = clone_project(tmp_path / "strict", artifacts_from=built)
     config = yaml.safe_load((project / "models.yaml").read_text())
     config["targets"]["cpu"]["tolerances"]["descriptors"] = {"atol": 0.0, "rtol": 0.0, "stat": "max"}
-    config["models"]["disk_lightglue"]["version"] = "0.2.0"
+    config["models"]["disk_lightglue"]["version"] = "0.9.0"
     (project / "models.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cas_before = sorted(p.name for p in (project / "artifacts/cas/validate").iterdir())
 
@@ -151,7 +114,7 @@ def test_validation_failure_stops_the_bundle(built, tmp_path):
     assert proc.returncode != 0
     assert "validation failed" in proc.stdout + proc.stderr and "descriptors" in proc.stdout + proc.stderr
     assert "bundle:cpu:disk_lightglue" not in executed
-    assert not (project / "artifacts/store/disk_lightglue/0.2.0").exists()
+    assert not (project / "artifacts/store/disk_lightglue/0.9.0").exists()
     assert sorted(p.name for p in (project / "artifacts/cas/validate").iterdir()) == cas_before
 
 
@@ -169,7 +132,7 @@ def _reference_models(project: Path, model: str, download_cache: Path) -> Models
 def test_parity_of_bundled_graphs_with_kornia(built, download_cache, model, record_property):
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
-    bundle = built / "artifacts" / "store" / model / "0.1.0" / "cpu"
+    bundle = built / "artifacts" / "store" / model / VERSION / "cpu"
     end2end = ort.InferenceSession(str(bundle / "end2end.onnx"), providers=["CPUExecutionProvider"])
     extractor = ort.InferenceSession(str(bundle / "extractor.onnx"), providers=["CPUExecutionProvider"])
     models = _reference_models(built, model, download_cache)

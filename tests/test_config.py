@@ -44,7 +44,7 @@ def load_error(path: Path) -> str:
 def test_real_models_yaml_loads():
     config = Config.load(MODELS_YAML)
     assert set(config.project.models) == {"aliked_lightglue", "disk_lightglue"}
-    assert set(config.project.targets) == {"cpu", "orin_nano"}
+    assert set(config.project.targets) == {"cpu", "orin_nano", "orin_nx", "agx_orin", "rtx_2060", "rtx"}
     assert config.path == MODELS_YAML
     for model in config.project.models:
         for role in ("extractor", "matcher"):
@@ -206,6 +206,7 @@ def test_large_model_keypoints_allowed_when_tensorrt_target_overrides(base, tmp_
 def test_tensorrt_rtx_runtime_also_limited(base, tmp_path):
     def mutate(d):
         d["targets"]["orin_nano"]["runtime"] = "tensorrt_rtx"
+        d["targets"]["orin_nano"]["compute_capability"] = ["8.6"]
         d["targets"]["orin_nano"]["keypoints"] = 4096
 
     msg = load_error(write_variant(base, tmp_path, mutate))
@@ -339,3 +340,25 @@ def test_doit_build_unknown_model(repo_copy):
     assert result.returncode != 0, out
     assert "nosuch" in out and "aliked_lightglue" in out and "disk_lightglue" in out
     _assert_nothing_built(repo_copy)
+
+
+def test_fp32_for_turing_on_tensorrt_rtx_is_refused_at_load(base, tmp_path):
+    def mutate(d):
+        d["targets"]["rtx_2060"]["precision"] = "fp32"
+
+    path = write_variant(base, tmp_path, mutate)
+    msg = load_error(path)
+    assert str(path) in msg and "targets.rtx_2060" in msg
+    assert "FP32 GEMM is not supported" in msg and "Turing" in msg
+
+
+def test_tensorrt_rtx_compute_capability_must_be_known(base, tmp_path):
+    msg = load_error(write_variant(base, tmp_path, lambda d: d["targets"]["rtx"].__setitem__("compute_capability", ["8.7"])))
+    assert "targets.rtx" in msg and "8.7" in msg and "8.6" in msg
+
+
+def test_tensorrt_targets_get_dense_match_outputs():
+    config = Config.load(MODELS_YAML)
+    assert config.export_settings("aliked_lightglue", "cpu").match_output == "list"
+    for target in ("orin_nano", "rtx", "rtx_2060"):
+        assert config.export_settings("aliked_lightglue", target).match_output == "dense"

@@ -1,0 +1,183 @@
+"""TensorRT targets on a machine without TensorRT.
+
+- `doit build target=orin_nano` gets to the fused ONNX, then the engine stage fails with a
+  message naming what is missing and the exact commands a Jetson runner uses to finish;
+- the trtexec path is driven through a stand-in trtexec (tests/stand_in/trtexec) and the
+  Python builder path through a stand-in ``tensorrt`` package (tests/stand_in/tensorrt):
+  arguments, version and device checks, output parsing, caching and the timing cache;
+- no graph for a TensorRT target has an onnxruntime-only op.
+
+Real TensorRT engines are built on the Jetson runners, where TensorRT exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+
+from glueforge.config import Config
+from glueforge.tensorrt import parse_trtexec, profile_shapes, timing_cache_path, trtexec_command
+from tests.project import clone_project, doit
+
+STAND_IN = Path(__file__).resolve().parent / "stand_in"
+MODEL = "aliked_lightglue"
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory, download_cache) -> Path:
+    """A project copy where the ONNX stages of orin_nano ran and the engine stage failed."""
+    project = clone_project(tmp_path_factory.mktemp("orin"))
+    env_path = os.environ.get("PATH", "")
+    assert "trtexec" not in env_path
+    proc, executed, _ = doit(project, "build", "target=orin_nano", f"model={MODEL}")
+    project.joinpath("orin_build.log").write_text(proc.stdout + proc.stderr)
+    return project
+
+
+def test_orin_nano_builds_to_fused_onnx_then_says_what_is_missing(fused):
+    log = (fused / "orin_build.log").read_text()
+    for stage in ("export", "simplify", "fuse"):
+        assert f".  {stage}:orin_nano:{MODEL}" in log
+    assert "TaskFailed - taskid:engine:orin_nano" in log
+    assert "needs TensorRT 10.3 for compute capability 8.7" in log and "no trtexec" in log
+    assert "doit build target=orin_nano" in log
+    commands = [line.strip() for line in log.splitlines() if line.strip().startswith("/usr/src/tensorrt/bin/trtexec --onnx=")]
+    assert len(commands) == 3
+    for command in commands:
+        onnx_path = fused / command.split()[1].removeprefix("--onnx=")
+        assert onnx_path.is_file() and "artifacts/cas/fuse/" in str(onnx_path)
+        assert "--fp16" in command and "--skipInference" in command and "--minShapes=" in command
+    assert not (fused / "artifacts/cas/engine").exists() or not any((fused / "artifacts/cas/engine").iterdir())
+    assert not (fused / "artifacts/store" / MODEL / "0.2.0" / "orin_nano").exists()
+
+
+def test_stopping_after_the_onnx_stages_on_purpose(fused):
+    proc, executed, skipped = doit(fused, "fuse", "target=orin_nano", f"model={MODEL}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert executed == [] and f"fuse:orin_nano:{MODEL}" in skipped
+
+
+def test_tensorrt_graphs_have_no_onnxruntime_ops_and_dense_outputs(fused):
+    graphs = list((fused / "artifacts/cas/fuse").glob("*/*.onnx"))
+    assert len(graphs) == 3
+    for path in graphs:
+        model = onnx.load(str(path), load_external_data=False)
+        assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}, path
+        assert "NonZero" not in {n.op_type for n in model.graph.node}
+        assert any(n.op_type == "LayerNormalization" for n in model.graph.node) or path.stem == "extractor"
+        outputs = {o.name for o in model.graph.output}
+        assert outputs & {"matches", "mscores"} == set()
+
+
+def _engine(fused: Path, env: dict[str, str], target: str = "orin_nano"):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return doit(fused, "engine", f"target={target}", f"model={MODEL}")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_trtexec_path_with_stand_in(fused, tmp_path):
+    calls = tmp_path / "calls.jsonl"
+    env = {"GLUEFORGE_TRTEXEC": str(STAND_IN / "trtexec"), "GLUEFORGE_COMPUTE_CAPABILITY": "8.7", "STANDIN_LOG": str(calls)}
+    proc, executed, _ = _engine(fused, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert executed == [f"engine:orin_nano:{MODEL}"]
+    builds = [json.loads(line) for line in calls.read_text().splitlines() if line.strip() != '["--help"]']
+    assert len(builds) == 3
+    for args in builds:
+        flags = {a.split("=", 1)[0]: a.partition("=")[2] for a in args}
+        assert flags["--memPoolSize"] == "workspace:2048M"
+        assert flags["--builderOptimizationLevel"] == "3" and flags["--profilingVerbosity"] == "detailed"
+        assert "--fp16" in flags and flags["--precisionConstraints"] == "obey" and ":fp32" in flags["--layerPrecisions"]
+        assert "--skipInference" in flags and flags["--exportLayerInfo"].endswith(".layers.json")
+        assert flags["--timingCacheFile"].endswith(".cache") and "sm87-trt10.3.0-" in flags["--timingCacheFile"]
+        if "images" in flags.get("--minShapes", ""):
+            assert flags["--minShapes"].startswith("images:2x3x480x640") and flags["--maxShapes"].startswith("images:4x3x480x640")
+    engines = list((fused / "artifacts/cas/engine").glob("*/*.engine"))
+    assert {e.stem for e in engines} == {"end2end", "extractor", "matcher"}
+    assert all(json.loads(e.read_text())["stand_in_engine"] for e in engines)
+    assert list((fused / "artifacts/timing-cache").glob("sm87-trt10.3.0-*.cache"))
+
+    calls.unlink()
+    proc, executed, _ = _engine(fused, env)  # cached by content: trtexec is not called again
+    assert proc.returncode == 0 and executed == []
+    assert not calls.exists() or all(line == '["--help"]' for line in calls.read_text().splitlines())
+
+
+def test_trtexec_release_mismatch_is_refused(fused):
+    env = {"GLUEFORGE_TRTEXEC": str(STAND_IN / "trtexec"), "GLUEFORGE_COMPUTE_CAPABILITY": "8.7", "STANDIN_TRT_VERSION": "100100"}
+    proc, _, _ = _engine(fused, env, target="orin_nx")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "expects TensorRT 10.3" in out and "TensorRT 10.1.0" in out and "JetPack 6.2" in out
+
+
+def test_compute_capability_mismatch_is_refused(fused):
+    env = {"GLUEFORGE_TRTEXEC": str(STAND_IN / "trtexec"), "GLUEFORGE_COMPUTE_CAPABILITY": "8.6"}
+    proc, _, _ = _engine(fused, env, target="orin_nx")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "compute capability 8.7" in out and "GPU is 8.6" in out
+
+
+def test_trtexec_failure_is_reported_with_its_errors(fused):
+    env = {"GLUEFORGE_TRTEXEC": str(STAND_IN / "trtexec"), "GLUEFORGE_COMPUTE_CAPABILITY": "8.7", "STANDIN_FAIL": "1"}
+    proc, _, _ = _engine(fused, env, target="orin_nx")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "trtexec failed" in out and "stand-in parser failure on node '/matcher/Foo'" in out
+
+
+def test_python_builder_path_with_stand_in(fused):
+    env = {"PYTHONPATH": f"{STAND_IN}{os.pathsep}{fused}", "GLUEFORGE_COMPUTE_CAPABILITY": "8.7"}
+    proc, executed, _ = _engine(fused, env, target="agx_orin")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert executed == [f"engine:agx_orin:{MODEL}"]
+    result = next(p for p in (fused / "artifacts/cas/engine").glob("*/result.json") if json.loads(p.read_text())["meta"].get("builder") == "python")
+    meta = json.loads(result.read_text())["meta"]
+    assert meta["tensorrt"] == "10.3.0.30" and meta["compute_capability"] == ["8.7"]
+    fused_meta = json.loads(next((fused / "artifacts/cas/fuse").glob("*/result.json")).read_text())["meta"]
+    for graph in ("end2end", "extractor", "matcher"):
+        record = json.loads((result.parent / f"{graph}.engine").read_text())
+        assert record["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+        assert record["pools"] == {"WORKSPACE": 8192 << 20} and record["builder_optimization_level"] == 3
+        assert sorted(record["fp32_layers"]) == sorted(fused_meta[graph]["fp32_layers"]) and record["fp32_layers"]
+        assert record["timing_cache"] is True
+        shapes = record["profiles"][0]
+        first = next(iter(shapes.values()))
+        assert [s[0] for s in first] == [2, 4, 8]  # agx_orin: 1, 2, 4 pairs
+        assert meta["engines"][graph]["weights_memory_bytes"] == 1234
+
+
+# -- pure functions ----------------------------------------------------------------------------------
+def test_trtexec_command_and_output_parsing(tmp_path):
+    target = Config.load(Path(__file__).resolve().parents[1] / "models.yaml").target("orin_nano")
+    inputs = [{"name": "images", "dtype": "float32", "shape": ["2B", 3, 480, 640]}]
+    cmd = trtexec_command(Path("trtexec"), Path("g.onnx"), Path("g.engine"), target, inputs, ["/a", "/b"],
+                          Path("t.cache"), Path("g.layers.json"))
+    assert cmd == ["trtexec", "--onnx=g.onnx", "--saveEngine=g.engine", "--skipInference", "--builderOptimizationLevel=3",
+                   "--profilingVerbosity=detailed", "--memPoolSize=workspace:2048M", "--timingCacheFile=t.cache",
+                   "--exportLayerInfo=g.layers.json", "--minShapes=images:2x3x480x640", "--optShapes=images:2x3x480x640",
+                   "--maxShapes=images:4x3x480x640", "--fp16", "--precisionConstraints=obey", "--layerPrecisions=/a:fp32,/b:fp32"]
+    log = ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --onnx=g.onnx\n[I] Compute Capability: 8.7\n"
+           "[E] Error[4]: bad\n&&&& FAILED TensorRT.trtexec [TensorRT v100300]")
+    assert parse_trtexec(log) == {"tensorrt_version": "10.3.0", "compute_capability": "8.7", "passed": False,
+                                  "errors": ["[E] Error[4]: bad"]}
+    assert profile_shapes([{"name": "k", "shape": ["B", 1024]}], target) == {"k": ([1, 1024], [1, 1024], [2, 1024])}
+
+
+def test_timing_cache_is_keyed_and_never_mixed(tmp_path):
+    config = Config.load(Path(__file__).resolve().parents[1] / "models.yaml")
+    nano, nx = config.target("orin_nano"), config.target("orin_nx")
+    a = timing_cache_path(tmp_path, nano, "10.3.0", "8.7")
+    assert a == timing_cache_path(tmp_path, nano, "10.3.0", "8.7")
+    assert len({a, timing_cache_path(tmp_path, nano, "10.4.0", "8.7"), timing_cache_path(tmp_path, nano, "10.3.0", "8.6"),
+                timing_cache_path(tmp_path, nx, "10.3.0", "8.7")}) == 4  # nx has another workspace size

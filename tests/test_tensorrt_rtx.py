@@ -1,0 +1,99 @@
+"""Real TensorRT-RTX engines, built ahead of time on this GPU-less machine, for `rtx` and `rtx_2060`.
+
+The engines run on RTX GPUs only, so what runs here is the FP16 ONNX each engine was compiled
+from (shipped in the bundle next to it), with onnxruntime on the CPU, against kornia's FP32
+reference on ../shared/data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from glueforge.fetch import sha256_file
+from validation.images import load, shared_pairs
+from validation.metrics import pair_metrics
+from validation.validate import dense_to_list
+
+from tests.project import clone_project, doit
+from tests.test_build import SHARED_DATA, VERSION, _reference_models
+
+log = logging.getLogger(__name__)
+MODELS = ("aliked_lightglue", "disk_lightglue")
+TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}
+FP16_PARITY = {"descriptor_cosine_mean": 0.995, "match_recall": 0.90}
+
+
+@pytest.fixture(scope="module")
+def rtx_built(tmp_path_factory, download_cache) -> Path:
+    project = clone_project(tmp_path_factory.mktemp("rtx"))
+    for target in TARGETS:
+        proc, executed, _ = doit(project, "build", f"target={target}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        for model in MODELS:
+            assert f"engine:{target}:{model}" in executed
+    return project
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rtx_bundles_hold_real_engines(rtx_built, target):
+    for model in MODELS:
+        bundle = rtx_built / "artifacts/store" / model / VERSION / target
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        runtime = manifest["runtime"]
+        assert runtime["runtime"] == "tensorrt_rtx" and runtime["tensorrt_rtx"].startswith("1.")
+        assert runtime["compute_capability"] == TARGETS[target] and manifest["precision"] == "fp16"
+        assert manifest["validation"]["status"] == "passed"
+        for graph in ("end2end", "extractor", "matcher"):
+            engine = runtime["engines"][graph]
+            assert engine["engine_bytes"] == (bundle / f"{graph}.engine").stat().st_size > 1_000_000
+            assert engine["weights_memory_bytes"] > 0 and engine["activation_memory_bytes"] > 0
+            assert manifest["files"][f"{graph}.engine"]["sha256"] == sha256_file(bundle / f"{graph}.engine")
+            model_fp16 = onnx.load(str(bundle / f"{graph}.onnx"), load_external_data=False)
+            assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model_fp16.graph.initializer)
+            assert {n.domain for n in model_fp16.graph.node} <= {"", "ai.onnx"}
+
+
+def test_rtx_second_run_executes_nothing(rtx_built):
+    for target in TARGETS:
+        proc, executed, _ = doit(rtx_built, "build", f"target={target}")
+        assert proc.returncode == 0 and executed == [], proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fp16_onnx_parity_with_fp32_reference(rtx_built, download_cache, model):
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
+    bundle = rtx_built / "artifacts/store" / model / VERSION / "rtx"
+    end2end = ort.InferenceSession(str(bundle / "end2end.onnx"), providers=["CPUExecutionProvider"])
+    extractor = ort.InferenceSession(str(bundle / "extractor.onnx"), providers=["CPUExecutionProvider"])
+    models = _reference_models(rtx_built, model, download_cache)
+    rows = []
+    for name, a, b in shared_pairs(SHARED_DATA):
+        images = np.stack([load(a, models.spec.image_size), load(b, models.spec.image_size)])
+        keypoints, matches0, _ = end2end.run(None, {"images": images})
+        _, _, descriptors = extractor.run(None, {"images": images})
+        with torch.inference_mode():
+            ref = models.reference_features(torch.from_numpy(images))
+        ref_matches = models.reference_matches(ref[0], ref[1])["matches"]
+        cand = [{"keypoints": keypoints[i], "descriptors": descriptors[i]} for i in (0, 1)]
+        rows.append((name, pair_metrics((ref[0], ref[1], ref_matches), (cand[0], cand[1], dense_to_list(matches0)[:, 1:]))))
+    table = "\n".join(
+        f"{model:17s} {name:34s} mnn={m['keypoint_mnn']:.4f} cos_mean={m['descriptor_cosine_mean']:.5f} "
+        f"cos_min={m['descriptor_cosine_min']:.4f} recall={m['match_recall']:.4f} matches={int(m['matches'])}/{int(m['reference_matches'])}"
+        for name, m in rows
+    )
+    log.info("FP16 ONNX (rtx) against kornia FP32:\n%s", table)
+    report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", rtx_built / "artifacts"))
+    (report_dir / f"parity-fp16-{model}.txt").write_text(table + "\n")
+    for name, m in rows:
+        for metric, threshold in FP16_PARITY.items():
+            assert m[metric] >= threshold, f"{model} {name}: {metric} {m[metric]:.5f} < {threshold}"
