@@ -101,6 +101,7 @@ def _tensorrt(
         raise EngineUnavailable(f"target {target_name!r} is compute capability {wanted_cc}; this machine's GPU is "
                                 f"{cc or 'unknown (no GPU found)'}: engines are tied to the compute capability. Build on {where}.")
     cache = tensorrt.timing_cache_path(timing_cache_dir, target, version, cc)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     engines = {}
     for name, source in graphs.items():
         engine = out / f"{name}.engine"
