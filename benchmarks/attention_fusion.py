@@ -21,14 +21,16 @@ from glueforge.engine import ort_session
 from glueforge.pipeline import Pipeline
 
 
-def time_session(session, feed, repeats: int) -> tuple[float, list[np.ndarray]]:
-    outputs = session.run(None, feed)  # warm-up
-    samples = []
+def time_sessions(sessions, feed, repeats: int) -> tuple[list[float], list[list[np.ndarray]]]:
+    """Median milliseconds of each session, runs interleaved so that machine drift hits all alike."""
+    outputs = [s.run(None, feed) for s in sessions]  # warm-up
+    samples: list[list[float]] = [[] for _ in sessions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000, outputs
+        for session, times in zip(sessions, samples):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - start)
+    return [statistics.median(t) * 1000 for t in samples], outputs
 
 
 def main() -> None:
@@ -46,12 +48,12 @@ def main() -> None:
         unfused, fused = (pipeline.result(s, model, args.target) for s in ("simplify", "fuse"))
         for graph in ("matcher", "end2end"):
             feed = {k.split("/", 1)[1]: inputs[k] for k in inputs.files if k.startswith(f"{graph}/")}
-            base_ms, base = time_session(ort_session(unfused.file(f"{graph}.onnx"), target.session), feed, args.repeats)
-            fused_ms, out = time_session(ort_session(fused.file(f"{graph}.onnx"), target.session), feed, args.repeats)
+            sessions = [ort_session(r.file(f"{graph}.onnx"), target.session) for r in (unfused, fused)]
+            (base_ms, fused_ms), (base, out) = time_sessions(sessions, feed, args.repeats)
             same = np.array_equal(base[-2], out[-2])
             drift = float(np.abs(base[-1] - out[-1]).max()) if same else float("nan")
             rows.append((model, graph, fused.meta[graph]["attention_fused"], base_ms, fused_ms, base_ms / fused_ms, same, drift))
-    print(f"\nattention fusion on {args.target} (onnxruntime, median of {args.repeats} runs, validation pair)")
+    print(f"\nattention fusion on {args.target} (onnxruntime, median of {args.repeats} interleaved runs, validation pair)")
     print(f"{'model':18s} {'graph':9s} {'fused':>5s} {'unfused ms':>11s} {'fused ms':>9s} {'speedup':>8s} {'same matches':>13s} {'max |d mscore|':>15s}")
     for model, graph, n, base_ms, fused_ms, speedup, same, drift in rows:
         print(f"{model:18s} {graph:9s} {n:5d} {base_ms:11.1f} {fused_ms:9.1f} {speedup:7.2f}x {str(same):>13s} {drift:15.2e}")
