@@ -3,6 +3,8 @@
     doit build target=cpu                        every model for the cpu target
     doit build target=cpu model=aliked_lightglue one model
     doit fuse target=orin_nano                   stop after the ONNX stages on purpose
+    doit publish target=cpu [version=V] [store=s3://bucket/prefix endpoint=URL] [channel=latest,stable]
+                                                 publish to the remote store (unvalidated=1: loudly unvalidated)
     doit list                                    the stages
 """
 
@@ -12,7 +14,15 @@ from glueforge.cli import load_plan
 
 DOIT_CONFIG = {"default_tasks": ["build"], "dep_file": "artifacts/.doit.db", "backend": "json", "verbosity": 2}
 
-PLAN = load_plan(target=get_var("target", "cpu"), models=get_var("model", None))
+PLAN = load_plan(
+    target=get_var("target", "cpu"),
+    models=get_var("model", None),
+    version=get_var("version", None),
+    store=get_var("store", None),
+    endpoint=get_var("endpoint", None),
+    channels=get_var("channel", "latest"),
+    unvalidated=get_var("unvalidated", "0") == "1",
+)
 
 
 def task_fetch():
@@ -48,6 +58,11 @@ def task_validate():
 def task_bundle():
     """bundle engine, I/O spec and validation into the store with manifest.json"""
     yield from PLAN.stage_tasks("bundle")
+
+
+def task_publish():
+    """publish bundles to the remote store: files first, manifest last, channels after"""
+    yield from PLAN.publish_tasks()
 
 
 def task_build():

@@ -21,7 +21,6 @@ from typing import Mapping
 import torch
 from torch import nn
 
-EXPORTER_DIR = Path(__file__).resolve().parent
 FAMILIES = ("aliked", "disk", "lightglue")
 
 
@@ -57,11 +56,3 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path
             f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
         )
     return model.eval()
-
-
-def exporter_sources(families: list[str]) -> dict[str, Path]:
-    """Source files whose bytes define the exporters of ``families``."""
-    files = {f"exporters/{f}.py": EXPORTER_DIR / f"{f}.py" for f in families}
-    for name in ("__init__.py", "graphs.py"):
-        files[f"exporters/{name}"] = EXPORTER_DIR / name
-    return files

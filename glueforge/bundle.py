@@ -28,7 +28,8 @@ def assemble(
     provenance: dict[str, Any],
 ) -> dict[str, Any]:
     """Write the bundle into ``out``; return the manifest."""
-    if not validation.get("passed"):
+    unvalidated = validation.get("status") == "unvalidated"
+    if not validation.get("passed") and not unvalidated:
         raise ValueError("refusing to bundle an engine whose validation did not pass")
     for name in engine_files:
         shutil.copyfile(engine_dir / name, out / name)
@@ -45,8 +46,10 @@ def assemble(
         "files": describe_files(out),
         "provenance": provenance,
         "validation": {
-            "status": "passed",
+            "status": "unvalidated" if unvalidated else "passed",
+            "reason": validation.get("reason"),
             "measured_on": validation["measured_on"],
+            "measured_with": validation.get("measured_with"),
             "thresholds": validation["thresholds"],
             "graphs": {g: {"metrics": r["metrics"], "outputs": r["outputs"]} for g, r in validation["graphs"].items()},
         },

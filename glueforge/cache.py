@@ -56,9 +56,49 @@ def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
+class RemoteCache:
+    """Stage results shared through an S3 store, in the manner of a Bazel remote cache.
+
+    A result is its files as content-addressed blobs (shared with published bundles) plus a
+    record ``cache/<stage>/<key>.json``, written last and only if absent. Runners share
+    nothing else and never talk to each other.
+    """
+
+    def __init__(self, url: str, endpoint_url: str | None = None) -> None:
+        from glueforge.store import S3Store
+
+        self.store = S3Store(url, endpoint_url)
+
+    def __str__(self) -> str:
+        return f"remote cache {self.store.location}"
+
+    def _record(self, stage: str, key: str) -> str:
+        return self.store.location.key("cache", stage, f"{key}.json")
+
+    def fetch(self, stage: str, key: str, into: Path) -> dict[str, Any] | None:
+        """Download the result of ``key`` into the directory ``into``; None on a miss."""
+        body = self.store.bucket.get_bytes(self._record(stage, key))
+        if body is None:
+            return None
+        record = json.loads(body)
+        for name, entry in record["files"].items():
+            path = into / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.store.bucket.download(self.store.blob_key(entry["sha256"]), path)
+            if sha256_file(path) != entry["sha256"]:
+                raise ValueError(f"{self}: blob of {stage} {key[:12]} {name} does not match its sha256")
+        return record
+
+    def push(self, result: "Result") -> None:
+        self.store.upload_blobs(result.path, result.files)
+        record = {"stage": result.stage, "key": result.key, "files": result.files, "meta": result.meta}
+        self.store.bucket.put_if_absent(self._record(result.stage, result.key), json.dumps(record).encode())
+
+
 class ActionCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: RemoteCache | None = None) -> None:
         self.root = Path(root)
+        self.remote = remote
 
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -68,13 +108,36 @@ class ActionCache:
         try:
             record = json.loads((path / RESULT).read_text())
         except (OSError, ValueError):
-            return None
+            return self._from_remote(stage, key)
         result = Result(stage, key, path, record["files"], record["meta"])
         if verify and not self._intact(result):
             log.warning("%s cache entry %s is corrupt; discarding it", stage, key[:12])
             shutil.rmtree(path, ignore_errors=True)
             return None
         return result
+
+    def _from_remote(self, stage: str, key: str) -> Result | None:
+        if self.remote is None:
+            return None
+        from glueforge import GlueforgeError
+
+        final = self.entry(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:12]}.remote."))
+        try:
+            record = self.remote.fetch(stage, key, tmp)
+            if record is None:
+                return None
+            (tmp / RESULT).write_text(json.dumps(record, indent=1))
+            if not final.exists():
+                os.rename(tmp, final)
+            log.info("%s %s: taken from the %s", stage, key[:12], self.remote)
+            return Result(stage, key, final, record["files"], record["meta"])
+        except (GlueforgeError, ValueError) as e:
+            log.warning("%s %s: %s; building locally", stage, key[:12], e)
+            return None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def _intact(result: Result) -> bool:
@@ -100,4 +163,12 @@ class ActionCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Result(stage, key, final, files, meta)
+        result = Result(stage, key, final, files, meta)
+        if self.remote is not None:
+            from glueforge import GlueforgeError
+
+            try:
+                self.remote.push(result)
+            except GlueforgeError as e:  # the local result stands; the next runner builds it again
+                log.warning("%s %s: not shared: %s", stage, key[:12], e)
+        return result

@@ -227,8 +227,18 @@ class Target(Strict):
         return "dense" if self.runtime in TENSORRT_RUNTIMES else "list"
 
 
+class Remote(Strict):
+    url: Annotated[str, Field(pattern=r"^s3://[^/]+(/.*)?$")]
+    endpoint_url: Optional[str] = None  # any S3-compatible server; None: AWS
+
+
 class Store(Strict):
     local: str = "artifacts/store"
+    remote: Optional[Remote] = None  # where `doit publish` publishes; overridden by store=... on the command line
+
+
+class Cache(Strict):
+    remote: Optional[Remote] = None  # shared stage results; overridden by $GLUEFORGE_REMOTE_CACHE
 
 
 class Project(Strict):
@@ -236,6 +246,7 @@ class Project(Strict):
     models: Annotated[dict[str, Model], Field(min_length=1)]
     targets: Annotated[dict[str, Target], Field(min_length=1)]
     store: Store = Store()
+    cache: Cache = Cache()
 
     @model_validator(mode="after")
     def _cross_references(self) -> "Project":

@@ -31,8 +31,47 @@ STAGES = ("export", "simplify", "fuse", "engine", "validate", "bundle")
 ROLES = ("extractor", "matcher")
 
 
+def remote_cache(config: Config):
+    """$GLUEFORGE_REMOTE_CACHE (s3://bucket/prefix, endpoint from $GLUEFORGE_S3_ENDPOINT), else cache.remote."""
+    from glueforge.cache import RemoteCache
+
+    url = os.environ.get("GLUEFORGE_REMOTE_CACHE")
+    if url:
+        return RemoteCache(url, os.environ.get("GLUEFORGE_S3_ENDPOINT"))
+    remote = config.project.cache.remote
+    return RemoteCache(remote.url, remote.endpoint_url) if remote else None
+
+
+def pinned_versions() -> dict[str, str]:
+    """Exact pins (``name==X``) of glueforge's requirements."""
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for text in metadata.requires("glueforge") or []:
+        requirement = Requirement(text)
+        exact = [s.version for s in requirement.specifier if s.operator == "=="]
+        if exact:
+            pins[requirement.name.lower()] = exact[0]
+    return pins
+
+
 def tool_versions(*packages: str) -> dict[str, str]:
-    return {p: metadata.version(p) for p in packages}
+    """Installed versions; a pinned tool that is not installed counts at its pin, so that a
+    runner without it (a Jetson without torch) computes the same keys and takes the results
+    of the stages it cannot run from the remote cache. Local version labels (``+cpu``) are
+    dropped: they name the build of a wheel, not what it computes."""
+    from packaging.version import Version
+
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = Version(metadata.version(name)).public  # 2.13.0+cpu exports as 2.13.0 does
+        except metadata.PackageNotFoundError:
+            pin = pinned_versions().get(name.lower())
+            if pin is None:
+                raise MissingInput(f"{name} is not installed and glueforge does not pin it") from None
+            versions[name] = pin
+    return versions
 
 
 class Pipeline:
@@ -40,11 +79,16 @@ class Pipeline:
         self.config = config
         self.root = Path(root)
         self.artifacts = Path(artifacts) if artifacts else self.root / "artifacts"
-        self.cache = ActionCache(self.artifacts / "cas")
+        self.cache = ActionCache(self.artifacts / "cas", remote_cache(config))
         self.download_cache = Path(os.environ.get("GLUEFORGE_DOWNLOAD_CACHE", self.artifacts / "downloads"))
         self.store = LocalStore(self.root / config.project.store.local)
         self._keys: dict[tuple[str, str, str], str] = {}
         self._verified: dict[tuple[str, str], Result] = {}
+        self.version_override: str | None = None  # doit publish version=V
+        self.unvalidated = False  # doit publish unvalidated=1: bundle without validation, marked so
+
+    def version(self, model: str) -> str:
+        return self.version_override or self.config.model(model).version
 
     @classmethod
     def load(cls, root: Path = PROJECT_ROOT) -> "Pipeline":
@@ -86,13 +130,13 @@ class Pipeline:
         return {rel: sha256_file(path) for rel, path in sorted(files.items())}
 
     def export_code(self, model: str) -> dict[str, str]:
-        from exporters import exporter_sources, family
-        from patches import patch_sources
-
+        """Digests of the sources that define a model's export, found without importing torch."""
         m = self.config.model(model)
         families = [m.extractor.family, m.matcher.family]
-        patches = [p for f in families for p in family(f).PATCHES]
-        files = {**exporter_sources(families), **patch_sources(patches)}
+        patches = [p for f in families for p in declared_patches(PROJECT_ROOT / "exporters" / f"{f}.py")]
+        files = {f"exporters/{n}": PROJECT_ROOT / "exporters" / n for n in ("__init__.py", "graphs.py", *(f"{f}.py" for f in families))}
+        files.update({f"patches/{p}.py": PROJECT_ROOT / "patches" / f"{p}.py" for p in patches})
+        files.update({f"patches/{p.name}": p for p in (PROJECT_ROOT / "patches").glob("_*.py")})
         files.update(self._own("glueforge/export.py", "validation/images.py"))
         return self.code_digests(files)
 
@@ -113,9 +157,11 @@ class Pipeline:
                 "code": self.export_code(model),
                 "weights": {role: cfg.project.weights[w].sha256 for role, w in self.weight_names(model).items()},
                 "settings": cfg.export_settings(model, target).model_dump(mode="json", exclude={"model"}),
-                "tools": tool_versions("torch", "onnx", "kornia", "numpy", "pillow", "scikit-image"),
+                # the exporter's tools, all pinned; the validation inputs it also records are data for
+                # the validate stage, whose key has their digests
+                "tools": tool_versions("torch", "kornia", "onnx"),
             }
-        upstream = STAGES[STAGES.index(stage) - 1]
+        upstream = self._upstream(stage)
         payload: dict[str, Any] = {"input": self._input(upstream, model, target).digests()}
         t = cfg.target(target)
         if stage == "simplify":
@@ -124,7 +170,7 @@ class Pipeline:
         elif stage == "fuse":
             payload.update(code=self.code_digests(self._own("glueforge/fuse.py", "glueforge/attention.py", "glueforge/lint.py")),
                            target=t.model_dump(mode="json", include={"runtime", "precision", "tensorrt_version"}),
-                           tools=tool_versions("onnx", "onnxruntime"))
+                           tools=tool_versions("onnx", "onnxruntime", "onnx-graphsurgeon"))
         elif stage == "engine":
             payload.update(code=self.code_digests(self._own("glueforge/engine.py", "glueforge/tensorrt.py")),
                            target=t.model_dump(mode="json", exclude={"tolerances", "thresholds", "description"}),
@@ -140,7 +186,7 @@ class Pipeline:
                            engine=self._input("engine", model, target).digests(),
                            export=self._input("export", model, target).digests(),
                            provenance=self.provenance(model, target, with_commit=False),
-                           version=cfg.model(model).version)
+                           version=self.version(model), unvalidated=self.unvalidated)
         return payload
 
     @staticmethod
@@ -177,11 +223,16 @@ class Pipeline:
         if cached is not None:
             return cached
         if stage != "export":
-            self.result(STAGES[STAGES.index(stage) - 1], model, target)
+            self.result(self._upstream(stage), model, target)
             self._keys.pop((stage, model, target), None)
         key = self.key(stage, model, target)
         log.info("%s %s for %s: building (key %s)", stage, model, target, key[:12])
         return self.cache.put(stage, key, self._builder(stage, model, target))
+
+    def _upstream(self, stage: str) -> str:
+        if stage == "bundle" and self.unvalidated:
+            return "engine"
+        return STAGES[STAGES.index(stage) - 1]
 
     def done(self, stage: str, model: str, target: str) -> bool:
         result = self.cached(stage, model, target)
@@ -194,8 +245,18 @@ class Pipeline:
     def run(self, stage: str, model: str, target: str) -> Result:
         result = self.result(stage, model, target)
         if stage == "bundle":
-            self.store.put_bundle(result.path)
+            self.store.publish(result.path)
         return result
+
+    def publish(self, model: str, target: str, store, channels: list[str]) -> None:
+        """Publish the bundle of ``model`` for ``target`` (built if needed) to ``store``; move ``channels``."""
+        store.publish(self.result("bundle", model, target).path, channels)
+
+    def published(self, model: str, target: str, store, channels: list[str]) -> bool:
+        result = self.cached("bundle", model, target)
+        if result is None or not store.has(result.meta["manifest"]):
+            return False
+        return all(store.channel(model, target, c) == self.version(model) for c in channels)
 
     def _builder(self, stage: str, model: str, target: str) -> Callable[[Path], dict[str, Any]]:
         cfg = self.config
@@ -284,14 +345,21 @@ class Pipeline:
 
         engine = self.result("engine", model, target)
         export = self.result("export", model, target)
-        validation = json.loads(self.result("validate", model, target).file("validation.json").read_text())
+        if self.unvalidated:
+            log.warning("!" * 72)
+            log.warning("UNVALIDATED: %s for %s is bundled WITHOUT validation (unvalidated=1); its manifest says so", model, target)
+            log.warning("!" * 72)
+            validation = {"passed": False, "status": "unvalidated", "measured_on": None, "thresholds": None, "graphs": {},
+                          "reason": "published with the unvalidated=1 override; no engine output was checked"}
+        else:
+            validation = json.loads(self.result("validate", model, target).file("validation.json").read_text())
         io_spec = json.loads(export.file("io.json").read_text())
         m, t = self.config.model(model), self.config.target(target)
 
         def build(out: Path) -> dict[str, Any]:
             manifest = assemble(
                 out,
-                identity={"model": model, "version": m.version, "target": target, "precision": t.precision,
+                identity={"model": model, "version": self.version(model), "target": target, "precision": t.precision,
                           "keypoints": self.config.export_settings(model, target).keypoints},
                 engine_dir=engine.path,
                 engine_files=sorted(engine.files),
@@ -328,6 +396,16 @@ class Pipeline:
 
 class MissingInput(GlueforgeError):
     """A stage's input is not built yet or cannot be built here."""
+
+
+def declared_patches(path: Path) -> list[str]:
+    """An exporter module's ``PATCHES`` tuple, read from its source."""
+    import ast
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PATCHES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise MissingInput(f"{path}: no PATCHES declared")
 
 
 def _version_or_none(name: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from doit.exceptions import TaskFailed
 
 from glueforge import GlueforgeError
-from glueforge.pipeline import STAGES, Pipeline
+from glueforge.pipeline import Pipeline
 
 log = logging.getLogger("glueforge")
 
@@ -20,11 +20,44 @@ log = logging.getLogger("glueforge")
 class Plan:
     """The selected target and models of one doit invocation."""
 
-    def __init__(self, pipeline: Pipeline, target: str, models: str | None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        target: str,
+        models: str | None,
+        version: str | None = None,
+        store: str | None = None,
+        endpoint: str | None = None,
+        channels: str = "latest",
+        unvalidated: bool = False,
+    ) -> None:
         self.pipeline = pipeline
         self.target = target
         pipeline.config.target(target)
         self.models = pipeline.config.select_models(models)
+        if version:
+            from packaging.version import InvalidVersion, Version
+
+            try:
+                Version(version)
+            except InvalidVersion:
+                raise GlueforgeError(f"version={version!r} is not a PEP 440 version") from None
+        pipeline.version_override = version
+        pipeline.unvalidated = unvalidated
+        self.channels = [c.strip() for c in channels.split(",") if c.strip()]
+        self._store_args = (store, endpoint)
+
+    def remote_store(self):
+        """The store `doit publish` writes to: store=... on the command line, else store.remote of models.yaml."""
+        from glueforge.store import open_store
+
+        url, endpoint = self._store_args
+        remote = self.pipeline.config.project.store.remote
+        if url is None and remote is not None:
+            url, endpoint = remote.url, endpoint or remote.endpoint_url
+        if url is None:
+            raise GlueforgeError("no store to publish to: give store=s3://bucket/prefix (and endpoint=URL) or set store.remote in models.yaml")
+        return open_store(url, endpoint)
 
     def _name(self, model: str) -> str:
         return f"{self.target}:{model}"
@@ -45,7 +78,7 @@ class Plan:
             if stage == "export":
                 deps = [f"fetch:{w}" for w in self.pipeline.weight_names(model).values()]
             else:
-                deps = [f"{STAGES[STAGES.index(stage) - 1]}:{self._name(model)}"]
+                deps = [f"{self.pipeline._upstream(stage)}:{self._name(model)}"]
             yield {
                 "name": self._name(model),
                 "doc": f"{stage} {model} for target {self.target}",
@@ -54,6 +87,23 @@ class Plan:
                 "task_dep": deps,
                 "verbosity": 2,
             }
+
+    def publish_tasks(self) -> Iterator[dict[str, Any]]:
+        for model in self.models:
+            yield {
+                "name": self._name(model),
+                "doc": f"publish {model} for target {self.target} to the remote store",
+                "actions": [(_guarded, (self._publish, model))],
+                "uptodate": [_uptodate(self._published, model)],
+                "task_dep": [f"bundle:{self._name(model)}"],
+                "verbosity": 2,
+            }
+
+    def _publish(self, model: str) -> None:
+        self.pipeline.publish(model, self.target, self.remote_store(), self.channels)
+
+    def _published(self, model: str) -> bool:
+        return self.pipeline.published(model, self.target, self.remote_store(), self.channels)
 
     def build_task(self) -> dict[str, Any]:
         return {

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from packaging.version import Version
 
-from glueforge import GlueforgeError
+from glueforge import GlueforgeError, machine
 from glueforge.config import TENSORRT_RTX_COMPUTE, Target
 
 log = logging.getLogger(__name__)
@@ -224,16 +224,7 @@ def run_trtexec(cmd: list[str]) -> dict[str, Any]:
 
 # -- the build machine --------------------------------------------------------------------------
 def machine_compute_capability() -> str | None:
-    if os.environ.get("GLUEFORGE_COMPUTE_CAPABILITY"):
-        return os.environ["GLUEFORGE_COMPUTE_CAPABILITY"]
-    if shutil.which("nvidia-smi"):
-        result = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
-        if result.returncode == 0 and result.stdout.strip():
-            return result.stdout.split()[0]
-    compatible = Path("/proc/device-tree/compatible")
-    if compatible.is_file() and b"tegra234" in compatible.read_bytes():
-        return "8.7"  # Jetson Orin (T234)
-    return None
+    return machine.compute_capability()
 
 
 def same_release(installed: str, expected: str) -> bool:

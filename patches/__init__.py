@@ -48,14 +48,6 @@ def patch_module(name: str):
     return importlib.import_module(f"patches.{name}")
 
 
-def patch_sources(names: Iterable[str]) -> dict[str, Path]:
-    """Source files whose bytes define the given patches (the patches plus shared helpers)."""
-    files = {f"patches/{n}.py": PATCH_DIR / f"{n}.py" for n in names}
-    files.update({f"patches/{p.name}": p for p in PATCH_DIR.glob("_*.py") if p.name != "__init__.py"})
-    files["patches/__init__.py"] = PATCH_DIR / "__init__.py"
-    return files
-
-
 def apply_patches(model: nn.Module, names: Iterable[str], settings: Any) -> nn.Module:
     """Apply the named patches in order; every one must replace at least one module."""
     for name in names:

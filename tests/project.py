@@ -30,11 +30,11 @@ def clone_project(dest: Path, artifacts_from: Path | None = None) -> Path:
     return dest
 
 
-def doit(project: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
+def doit(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
     """Run doit in ``project``; return the process, the executed tasks and the up-to-date tasks."""
     pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(project)) if p)
     proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": pythonpath})
+                          env={**os.environ, **(env or {}), "PYTHONPATH": pythonpath})
     executed = re.findall(r"^\.  (\S+)", proc.stdout, re.M)
     skipped = re.findall(r"^-- (\S+)", proc.stdout, re.M)
     return proc, executed, skipped

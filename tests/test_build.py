@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,18 @@ PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory, download_cache) -> Path:
+def remote_cache(s3_server) -> dict[str, str]:
+    """The environment of runners that share one S3 store as their remote build cache."""
+    return {"GLUEFORGE_REMOTE_CACHE": s3_server.url("cache"), "GLUEFORGE_S3_ENDPOINT": s3_server.endpoint}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, download_cache, remote_cache) -> Path:
+    """Clone A: a cold `doit build target=cpu` that fills the remote cache."""
     project = clone_project(tmp_path_factory.mktemp("project"))
-    proc, executed, _ = doit(project, "build", "target=cpu")
+    start = time.monotonic()
+    proc, executed, _ = doit(project, "build", "target=cpu", env=remote_cache)
+    (project / "cold_build_seconds").write_text(f"{time.monotonic() - start:.1f}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     for stage in ("export", "simplify", "engine", "validate", "bundle"):
         for model in MODELS:
@@ -63,6 +73,25 @@ def test_bundles_have_verified_manifests(built):
         config = Config.load(built / "models.yaml")
         assert weights["extractor"]["sha256"] == config.project.weights[config.model(model).extractor.weights].sha256
         assert manifest["graphs"]["end2end"]["outputs"][1] == {"name": "matches", "dtype": "int64", "shape": ["M", 3]}
+
+
+def test_second_clone_takes_every_stage_from_the_remote_cache(built, tmp_path, remote_cache):
+    cold = float((built / "cold_build_seconds").read_text())
+    clone_b = clone_project(tmp_path / "clone_b")
+    start = time.monotonic()
+    proc, executed, skipped = doit(clone_b, "build", "target=cpu", env=remote_cache)
+    warm = time.monotonic() - start
+    log.info("cold build of clone A: %.1f s; clone B from the remote cache: %.1f s", cold, warm)
+    (built / "remote_cache_seconds").write_text(f"{warm:.1f}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [t for t in executed if t.startswith("export:")] == []
+    assert {f"export:cpu:{m}" for m in MODELS} <= set(skipped)
+    assert "taken from the remote cache" in proc.stderr
+    assert warm < cold / 5, f"clone B took {warm:.1f} s, clone A {cold:.1f} s"
+    for model in MODELS:
+        ours = json.loads((clone_b / "artifacts/store" / model / VERSION / "cpu/manifest.json").read_text())
+        theirs = json.loads((built / "artifacts/store" / model / VERSION / "cpu/manifest.json").read_text())
+        assert ours["files"] == theirs["files"]
 
 
 def test_second_run_executes_nothing(built):

@@ -1,0 +1,187 @@
+"""The exported graphs and the kornia reference pipeline they are measured against.
+
+Interface (DESIGN.md, "Model interface"), the convention LightGlue-ONNX users know:
+
+- ``end2end``: ``images`` float32 (2B, C, H, W) in [0, 1], the two images of each pair
+  interleaved -> ``keypoints`` float32 (2B, K, 2) pixels, ``matches`` int64 (M, 3) as
+  (pair, index in image 0, index in image 1), ``mscores`` float32 (M,);
+- ``extractor``: ``images`` (N, C, H, W) -> ``keypoints`` (N, K, 2), ``scores`` (N, K),
+  ``descriptors`` (N, K, D);
+- ``matcher``: ``keypoints`` (2B, K, 2) pixels and ``descriptors`` (2B, K, D), interleaved
+  as above -> ``matches`` (M, 3), ``mscores`` (M,). The image size is a graph constant.
+
+TensorRT targets take the dense match outputs instead (``match_output: dense``):
+``matches0`` int64 (B, K), the index in image 1 of each keypoint of image 0 or -1, and
+``mscores0`` float32 (B, K). No tensor then has a data-dependent shape: TensorRT-RTX has no
+NonZero at all, and TensorRT needs an output allocator for one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporters import family
+
+GRAPHS = ("end2end", "extractor", "matcher")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def dense_to_matches(matches0: torch.Tensor, mscores0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``matches0`` (B, K) int64 with -1 for none, ``mscores0`` (B, K) -> matches (M, 3), mscores (M,)."""
+    pair_index = torch.nonzero(matches0 > -1)  # (M, 2): pair, index in image 0
+    pair, index0 = pair_index[:, 0], pair_index[:, 1]
+    index1 = matches0[pair, index0]
+    return torch.stack([pair, index0, index1], dim=1), mscores0[pair, index0]
+
+
+class ExtractorGraph(nn.Module):
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.extractor(images)
+
+
+class MatcherGraph(nn.Module):
+    def __init__(self, matcher: nn.Module, dense: bool = False) -> None:
+        super().__init__()
+        self.matcher = matcher
+        self.dense = dense
+
+    def forward(self, keypoints: torch.Tensor, descriptors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        matches0, mscores0 = self.matcher(keypoints[0::2], keypoints[1::2], descriptors[0::2], descriptors[1::2])
+        if self.dense:
+            return matches0, mscores0
+        return dense_to_matches(matches0, mscores0)
+
+
+class EndToEndGraph(nn.Module):
+    def __init__(self, extractor: nn.Module, matcher: nn.Module, dense: bool = False) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.matcher = MatcherGraph(matcher, dense)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keypoints, _, descriptors = self.extractor(images)
+        matches, mscores = self.matcher(keypoints, descriptors)
+        return keypoints, matches, mscores
+
+
+def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs of graph ``name``; symbolic dimensions are strings."""
+    h, w = spec.image_size
+    k = spec.keypoints
+    images = TensorSpec("images", "float32", ("2B" if name == "end2end" else "N", channels, h, w))
+    keypoints_pairs = TensorSpec("keypoints", "float32", ("2B", k, 2))
+    if getattr(spec, "match_output", "list") == "dense":
+        matches = [TensorSpec("matches0", "int64", ("B", k)), TensorSpec("mscores0", "float32", ("B", k))]
+    else:
+        matches = [TensorSpec("matches", "int64", ("M", 3)), TensorSpec("mscores", "float32", ("M",))]
+    if name == "end2end":
+        return [images], [keypoints_pairs, *matches]
+    if name == "extractor":
+        return [images], [
+            TensorSpec("keypoints", "float32", ("N", k, 2)),
+            TensorSpec("scores", "float32", ("N", k)),
+            TensorSpec("descriptors", "float32", ("N", k, descriptor_dim)),
+        ]
+    if name == "matcher":
+        return [keypoints_pairs, TensorSpec("descriptors", "float32", ("2B", k, descriptor_dim))], matches
+    raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
+
+
+class Models:
+    """The patched (exported) and unpatched (reference) models of one model spec."""
+
+    def __init__(self, spec: Any, weights: Mapping[str, Path]) -> None:
+        self.spec = spec
+        self.extractor_family = family(spec.extractor.family)
+        self.matcher_family = family(spec.matcher.family)
+        self.extractor = self.extractor_family.build(weights, spec)
+        self.matcher = self.matcher_family.build(weights, spec)
+        self._weights = weights
+        self._reference: tuple[nn.Module, nn.Module] | None = None
+
+    @property
+    def channels(self) -> int:
+        return self.extractor_family.CHANNELS
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.matcher.conf.input_dim)
+
+    def graph(self, name: str) -> nn.Module:
+        dense = getattr(self.spec, "match_output", "list") == "dense"
+        if name == "end2end":
+            return EndToEndGraph(self.extractor, self.matcher, dense).eval()
+        if name == "extractor":
+            return ExtractorGraph(self.extractor).eval()
+        if name == "matcher":
+            return MatcherGraph(self.matcher, dense).eval()
+        raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
+
+    def example_inputs(self, name: str, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inputs of graph ``name`` derived from an interleaved image batch (2B, C, H, W)."""
+        if name == "matcher":
+            with torch.no_grad():  # inference-mode tensors cannot be traced
+                keypoints, _, descriptors = self.extractor(images)
+            return keypoints, descriptors
+        return (images,)
+
+    # -- the kornia reference, unpatched -----------------------------------------------------
+    def reference(self) -> tuple[nn.Module, nn.Module]:
+        if self._reference is None:
+            self._reference = (
+                self.extractor_family.reference(self._weights, self.spec),
+                self.matcher_family.reference(self._weights, self.spec),
+            )
+        return self._reference
+
+    @torch.inference_mode()
+    def reference_features(self, images: torch.Tensor) -> list[dict[str, np.ndarray]]:
+        """kornia features of each image: keypoints (n, 2) px, scores (n,), descriptors (n, D)."""
+        extractor, _ = self.reference()
+        kwargs = getattr(self.extractor_family, "reference_kwargs", lambda spec: {})(self.spec)
+        features = extractor(images, **kwargs)
+        return [
+            {
+                "keypoints": f.keypoints.numpy(),
+                # ALIKEDFeatures names them keypoint_scores, DISKFeatures detection_scores
+                "scores": (f.keypoint_scores if hasattr(f, "keypoint_scores") else f.detection_scores).numpy(),
+                "descriptors": f.descriptors.numpy(),
+            }
+            for f in features
+        ]
+
+    @torch.inference_mode()
+    def reference_matches(self, features0: dict[str, np.ndarray], features1: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """kornia LightGlue on one pair of reference features -> matches (S, 2), mscores (S,)."""
+        _, matcher = self.reference()
+        h, w = self.spec.image_size
+        size = torch.tensor([[w, h]], dtype=torch.float32)
+        data = {
+            f"image{i}": {
+                "keypoints": torch.from_numpy(f["keypoints"])[None].float(),
+                "descriptors": torch.from_numpy(f["descriptors"])[None],
+                "image_size": size,
+            }
+            for i, f in enumerate((features0, features1))
+        }
+        out = matcher(data)
+        return {"matches": out["matches"][0].numpy(), "mscores": out["scores"][0].numpy()}

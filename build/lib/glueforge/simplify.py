@@ -1,0 +1,56 @@
+"""simplify: onnxsim, then symbolic shape inference; every tensor must end with a known shape.
+
+Static dimensions stay numbers; dynamic ones (the batch, the match count M) become named
+symbols. A tensor whose rank or a dimension is still unknown after both passes is an error
+that names it: such a graph would fail later in TensorRT's parser or an optimiser.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxsim
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+from glueforge import GlueforgeError
+
+log = logging.getLogger(__name__)
+
+
+class ShapeError(GlueforgeError):
+    """A tensor of the simplified graph has no known shape."""
+
+
+def simplify(source: Path, dest: Path) -> dict[str, Any]:
+    model = onnx.load(str(source))
+    nodes_before = len(model.graph.node)
+    simplified, _ = onnxsim.simplify(model, check_n=0)
+    inferred = SymbolicShapeInference.infer_shapes(simplified, auto_merge=True)
+    if inferred is None:
+        raise ShapeError(f"{source.name}: symbolic shape inference failed")
+    unknown = unknown_shapes(inferred)
+    if unknown:
+        raise ShapeError(f"{source.name}: {len(unknown)} tensors without a known shape after simplification: "
+                         + ", ".join(unknown[:10]))
+    onnx.checker.check_model(inferred)
+    onnx.save(inferred, str(dest))
+    log.info("simplify %s: %d -> %d nodes", source.name, nodes_before, len(inferred.graph.node))
+    return {"nodes_before": nodes_before, "nodes_after": len(inferred.graph.node)}
+
+
+def unknown_shapes(model: onnx.ModelProto) -> list[str]:
+    """Names of graph outputs and intermediate tensors with an unknown rank or dimension."""
+    typed = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
+    produced = [o for n in model.graph.node for o in n.output if o]
+    missing = []
+    for name in produced:
+        value = typed.get(name)
+        if value is None or not value.type.tensor_type.HasField("shape"):
+            missing.append(name)
+            continue
+        if any(not (d.HasField("dim_value") or d.HasField("dim_param")) for d in value.type.tensor_type.shape.dim):
+            missing.append(name)
+    return missing

@@ -1,0 +1,133 @@
+"""doit task dictionaries for a pipeline: one task per stage, model and target.
+
+``dodo.py`` only wires these generators to ``task_*`` functions. Whether a task is up to
+date is decided by its action key (content), not by file times.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+from doit.exceptions import TaskFailed
+
+from glueforge import GlueforgeError
+from glueforge.pipeline import Pipeline
+
+log = logging.getLogger("glueforge")
+
+
+class Plan:
+    """The selected target and models of one doit invocation."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        target: str,
+        models: str | None,
+        version: str | None = None,
+        store: str | None = None,
+        endpoint: str | None = None,
+        channels: str = "latest",
+        unvalidated: bool = False,
+    ) -> None:
+        self.pipeline = pipeline
+        self.target = target
+        pipeline.config.target(target)
+        self.models = pipeline.config.select_models(models)
+        if version:
+            from packaging.version import InvalidVersion, Version
+
+            try:
+                Version(version)
+            except InvalidVersion:
+                raise GlueforgeError(f"version={version!r} is not a PEP 440 version") from None
+        pipeline.version_override = version
+        pipeline.unvalidated = unvalidated
+        self.channels = [c.strip() for c in channels.split(",") if c.strip()]
+        self._store_args = (store, endpoint)
+
+    def remote_store(self):
+        """The store `doit publish` writes to: store=... on the command line, else store.remote of models.yaml."""
+        from glueforge.store import open_store
+
+        url, endpoint = self._store_args
+        remote = self.pipeline.config.project.store.remote
+        if url is None and remote is not None:
+            url, endpoint = remote.url, endpoint or remote.endpoint_url
+        if url is None:
+            raise GlueforgeError("no store to publish to: give store=s3://bucket/prefix (and endpoint=URL) or set store.remote in models.yaml")
+        return open_store(url, endpoint)
+
+    def _name(self, model: str) -> str:
+        return f"{self.target}:{model}"
+
+    def fetch_tasks(self) -> Iterator[dict[str, Any]]:
+        names = sorted({w for m in self.models for w in self.pipeline.weight_names(m).values()})
+        for name in names:
+            yield {
+                "name": name,
+                "doc": f"fetch and verify weight {name}",
+                "actions": [(_guarded, (self.pipeline.fetch, name))],
+                "uptodate": [_uptodate(self.pipeline.fetched, name)],
+                "verbosity": 2,
+            }
+
+    def stage_tasks(self, stage: str) -> Iterator[dict[str, Any]]:
+        for model in self.models:
+            if stage == "export":
+                deps = [f"fetch:{w}" for w in self.pipeline.weight_names(model).values()]
+            else:
+                deps = [f"{self.pipeline._upstream(stage)}:{self._name(model)}"]
+            yield {
+                "name": self._name(model),
+                "doc": f"{stage} {model} for target {self.target}",
+                "actions": [(_guarded, (self.pipeline.run, stage, model, self.target))],
+                "uptodate": [_uptodate(self.pipeline.done, stage, model, self.target)],
+                "task_dep": deps,
+                "verbosity": 2,
+            }
+
+    def publish_tasks(self) -> Iterator[dict[str, Any]]:
+        for model in self.models:
+            yield {
+                "name": self._name(model),
+                "doc": f"publish {model} for target {self.target} to the remote store",
+                "actions": [(_guarded, (self._publish, model))],
+                "uptodate": [_uptodate(self._published, model)],
+                "task_dep": [f"bundle:{self._name(model)}"],
+                "verbosity": 2,
+            }
+
+    def _publish(self, model: str) -> None:
+        self.pipeline.publish(model, self.target, self.remote_store(), self.channels)
+
+    def _published(self, model: str) -> bool:
+        return self.pipeline.published(model, self.target, self.remote_store(), self.channels)
+
+    def build_task(self) -> dict[str, Any]:
+        return {
+            "doc": "build, validate and bundle the selected models for the target (target=NAME model=NAME[,NAME])",
+            "actions": None,
+            "task_dep": [f"bundle:{self._name(m)}" for m in self.models],
+        }
+
+
+def _uptodate(check, *args):
+    def uptodate(task, values) -> bool:
+        try:
+            return bool(check(*args))
+        except GlueforgeError:
+            return False
+
+    return uptodate
+
+
+def _guarded(function, *args) -> TaskFailed | None:
+    """Run a stage; an error a user can act on fails the task with its message, not a traceback."""
+    try:
+        function(*args)
+    except GlueforgeError as e:
+        log.error("%s", e)
+        return TaskFailed(str(e))
+    return None

@@ -1,0 +1,42 @@
+"""ALIKED forward returning batched tensors instead of per-image feature objects.
+
+Upstream: ``kornia.feature.ALIKED.forward`` runs the backbone, then DKD and SDDH, and builds
+one ``ALIKEDFeatures`` dataclass per image in a Python loop.
+
+Why it fails: ONNX export traces tensors only; the dataclass list has no graph
+representation, and the loop ties the graph to the traced batch size.
+
+Replacement: the same three stages, with the patched DKD (``aliked_fixed_topk_dkd``) and
+SDDH (``aliked_batched_sddh``), returning ``keypoints`` (B, K, 2) in pixels, ``scores``
+(B, K) and ``descriptors`` (B, K, D). Grey input is repeated to three channels as upstream.
+
+Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia[aliked_lightglue].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from kornia.feature.aliked.aliked import ALIKED
+
+from patches import swap_class
+
+TARGET = ALIKED
+
+
+class TensorALIKED(ALIKED):
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """``images`` (B, 3, H, W) RGB in [0, 1] -> keypoints (B, K, 2) px, scores (B, K), descriptors (B, K, D)."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        h, w = images.shape[-2:]
+        feature_map, score_map = self.extract_dense_map(images)
+        keypoints, scores = self.dkd(score_map)
+        descriptors = self.desc_head(feature_map, keypoints)
+        wh = torch.tensor([w - 1, h - 1], dtype=keypoints.dtype, device=keypoints.device)
+        return wh * (keypoints + 1) / 2.0, scores, descriptors
+
+
+def apply(model: torch.nn.Module, settings: Any) -> int:
+    return swap_class(model, ALIKED, TensorALIKED)

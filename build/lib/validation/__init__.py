@@ -1,0 +1,1 @@
+"""Validation: images, task metrics and the engine-versus-golden comparison."""

@@ -1,0 +1,211 @@
+"""validate: run an engine on the validation inputs and judge it against the target's thresholds.
+
+Two checks, both of which must pass:
+
+1. Per-output error statistics against the golden outputs of the patched PyTorch model,
+   computed by polygraphy's comparator (``CompareFunc.simple``) with the tolerances and
+   error statistic of models.yaml. Outputs with a data-dependent dimension (the match list)
+   cannot be compared element by element and are judged by (2).
+   Keypoint-indexed outputs are first put in the same keypoint order (mutual nearest
+   neighbours within 1 px), because top-K order is not stable under changed arithmetic.
+2. Task metrics against kornia's unpatched reference: keypoints with a mutual nearest
+   neighbour within 1 px (worst image), mean descriptor cosine on those keypoints (the
+   minimum is reported too), and the share of reference matches reproduced (worst pair).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from glueforge import GlueforgeError
+from glueforge.config import Target
+from validation.metrics import mutual_nearest, pair_metrics
+
+log = logging.getLogger(__name__)
+
+
+class ValidationFailed(GlueforgeError):
+    """An engine's outputs are outside the target's tolerances."""
+
+
+def _npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _split(flat: Mapping[str, np.ndarray], graph: str) -> dict[str, np.ndarray]:
+    prefix = f"{graph}/"
+    return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+
+
+def onnxruntime_runner(make_session: Callable[[], Any]) -> Callable[[str], Any]:
+    """A polygraphy runner factory for an onnxruntime session factory."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    return lambda name: OnnxrtRunner(make_session, name=name)
+
+
+def tensorrt_session(engine: Path) -> Callable[[str], Any]:
+    """A polygraphy runner factory for a serialized TensorRT engine (needs TensorRT and its GPU)."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    def make_runner(name: str):
+        return TrtRunner(EngineFromBytes(BytesFromPath(str(engine))), name=name)
+
+    make_runner.polygraphy_runner = True  # type: ignore[attr-defined]
+    return make_runner
+
+
+def run_graph(make_runner: Callable[[str], Any], feed: dict[str, np.ndarray], name: str):
+    """Run one engine through polygraphy; returns its polygraphy ``RunResults``."""
+    from polygraphy.comparator import Comparator
+
+    return Comparator.run([make_runner(name)], data_loader=[feed])
+
+
+def align_keypoints(golden: dict[str, np.ndarray], produced: dict[str, np.ndarray], radius: float = 1.0):
+    """Put both sides' keypoint-indexed outputs (N, K, ...) in the same keypoint order.
+
+    Top-K keypoints come sorted by score, and near-equal scores swap places under any change
+    of arithmetic (FP16 most of all), so element i of one side need not be keypoint i of the
+    other. Keypoints with a mutual nearest neighbour within ``radius`` px are paired and their
+    rows gathered; the share left unpaired is the ``keypoint_mnn`` metric's business.
+    """
+    g, p = golden["keypoints"], produced["keypoints"]
+    pairs = [(i, np.nonzero(c >= 0)[0], c[c >= 0]) for i, c in ((i, mutual_nearest(g[i], p[i], radius)) for i in range(len(g)))]
+    indexed = [n for n in golden if n in produced and golden[n].shape[:2] == g.shape[:2] == produced[n].shape[:2]]
+    aligned_g = {n: np.concatenate([golden[n][i][gi] for i, gi, _ in pairs]) for n in indexed}
+    aligned_p = {n: np.concatenate([produced[n][i][pi] for i, _, pi in pairs]) for n in indexed}
+    return {**golden, **aligned_g}, {**produced, **aligned_p}
+
+
+def compare_outputs(golden: dict[str, np.ndarray], engine_results, target: Target, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """polygraphy comparison of the static-shaped outputs that have a tolerance."""
+    from polygraphy.comparator import CompareFunc, Comparator, IterationResult, RunResults
+
+    runner, iterations = engine_results[0]
+    produced = dict(iterations[0])
+    if "keypoints" in golden and "keypoints" in produced and "keypoints" not in feed:
+        golden, produced = align_keypoints(golden, produced)
+    names = [n for n in golden if n in target.tolerances and n in produced and golden[n].shape == produced[n].shape]
+    if not names:
+        return {}
+    reference = RunResults([("pytorch-golden", [IterationResult(OrderedDict((n, golden[n]) for n in names), runner_name="pytorch-golden")])])
+    reference.append((runner, [IterationResult(OrderedDict((n, produced[n]) for n in names), runner_name=runner)]))
+    compare = CompareFunc.simple(
+        atol={n: target.tolerances[n].atol for n in names},
+        rtol={n: target.tolerances[n].rtol for n in names},
+        check_error_stat={n: target.tolerances[n].stat for n in names},
+    )
+    accuracy = Comparator.compare_accuracy(reference, compare_func=compare)
+    if not hasattr(accuracy, "values"):  # newer polygraphy: an AccuracyResults list, one per compare function
+        accuracy = accuracy[0]
+    report = {}
+    for per_iteration in accuracy.values():
+        for name, result in per_iteration[0].items():
+            tol = target.tolerances[name]
+            report[name] = {
+                "passed": bool(result),
+                "stat": tol.stat,
+                "atol": tol.atol,
+                "rtol": tol.rtol,
+                "max_absdiff": float(result.max_absdiff),
+                "mean_absdiff": float(result.mean_absdiff),
+                "median_absdiff": float(result.median_absdiff),
+            }
+    return report
+
+
+def _features(outputs: dict[str, np.ndarray], image: int) -> dict[str, np.ndarray]:
+    feature = {"keypoints": outputs["keypoints"][image]}
+    if "descriptors" in outputs and outputs["descriptors"].ndim == 3:
+        feature["descriptors"] = outputs["descriptors"][image]
+    return feature
+
+
+def _pair_matches(matches: np.ndarray, pair: int) -> np.ndarray:
+    return matches[matches[:, 0] == pair][:, 1:]
+
+
+def dense_to_list(matches0: np.ndarray) -> np.ndarray:
+    """``matches0`` (B, K) with -1 for none -> matches (M, 3): pair, index in image 0, index in image 1."""
+    pair, index0 = np.nonzero(matches0 > -1)
+    return np.stack([pair, index0, matches0[pair, index0]], axis=1).astype(np.int64)
+
+
+def task_metrics(
+    graph: str, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Worst task metrics over the validation pairs of one graph against kornia."""
+    features = {**inputs, **outputs}  # the matcher graph takes its keypoints as an input
+    if "matches0" in features:  # dense outputs of TensorRT targets
+        features["matches"] = dense_to_list(features["matches0"])
+    n_images = features["keypoints"].shape[0]
+    per_pair = []
+    for pair in range(n_images // 2):
+        ref = tuple(
+            {k.split("/")[-1]: v for k, v in reference.items() if k.startswith(f"features/{i}/")} for i in (2 * pair, 2 * pair + 1)
+        )
+        if graph == "extractor":
+            ref_matches = cand_matches = np.zeros((0, 2), dtype=np.int64)
+        else:
+            ref_matches = reference[f"pairs/{pair}/matches"]
+            cand_matches = _pair_matches(features["matches"], pair)
+        per_pair.append(
+            pair_metrics((ref[0], ref[1], ref_matches), (_features(features, 2 * pair), _features(features, 2 * pair + 1), cand_matches))
+        )
+    worst = {k: min(p[k] for p in per_pair) for k in per_pair[0] if k not in ("matches", "reference_matches")}
+    if graph == "extractor":
+        worst.pop("match_recall")
+    worst["matches"] = float(sum(p["matches"] for p in per_pair))
+    worst["reference_matches"] = float(sum(p["reference_matches"] for p in per_pair))
+    return worst
+
+
+def judge(metrics: dict[str, float], target: Target) -> dict[str, bool]:
+    t = target.thresholds
+    checks = {"keypoint_mnn": metrics["keypoint_mnn"] >= t.keypoint_mnn}
+    if "descriptor_cosine_mean" in metrics:
+        checks["descriptor_cosine"] = metrics["descriptor_cosine_mean"] >= t.descriptor_cosine
+    if "match_recall" in metrics:
+        checks["match_recall"] = metrics["match_recall"] >= t.match_recall
+    return checks
+
+
+def validate(engines: Mapping[str, Any], export_dir: Path, target_name: str, target: Target) -> dict[str, Any]:
+    """Validate every graph; ``engines`` maps a graph name to an onnxruntime session factory
+    (a zero-argument callable) or to a polygraphy runner factory (see :func:`tensorrt_session`)."""
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    inputs, golden, reference = (_npz(export_dir / f"{n}.npz") for n in ("inputs", "golden", "reference"))
+    graphs: dict[str, Any] = {}
+    for graph, engine in engines.items():
+        feed = _split(inputs, graph)
+        make_runner = engine if getattr(engine, "polygraphy_runner", False) else onnxruntime_runner(engine)
+        results = run_graph(make_runner, feed, f"{target_name}:{graph}")
+        produced = dict(results[0][1][0])
+        comparison = compare_outputs(_split(golden, graph), results, target, feed)
+        metrics = task_metrics(graph, produced, feed, reference)
+        checks = judge(metrics, target)
+        passed = all(c["passed"] for c in comparison.values()) and all(checks.values())
+        graphs[graph] = {"passed": passed, "outputs": comparison, "metrics": metrics, "checks": checks}
+        log.info("validate %s: %s %s", graph, "passed" if passed else "FAILED", {k: round(v, 5) for k, v in metrics.items()})
+    report = {
+        "passed": all(g["passed"] for g in graphs.values()),
+        "target": target_name,
+        "golden": "patched PyTorch model (the exported code), same inputs",
+        "reference": "kornia (unpatched upstream model), same weights and keypoint count",
+        "thresholds": target.thresholds.model_dump(),
+        "measured_on": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                        "system": platform.system(), "python": platform.python_version()},
+        "graphs": graphs,
+    }
+    return report
