@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,22 +44,22 @@ def ort_session(model: Path, settings: OrtSession):
     return ort.InferenceSession(str(model), ort_session_options(settings), providers=list(settings.providers))
 
 
-def build_engine(
-    target_name: str,
-    target: Target,
-    graphs: Mapping[str, Path],
-    out: Path,
-    *,
-    io: Mapping[str, Any],
-    fp32_layers: Mapping[str, list[str]],
-    timing_cache_dir: Path,
-    project_root: Path,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BuildContext:
+    """What the TensorRT builders need besides the graphs."""
+
+    io: Mapping[str, Any]  # graph -> {"inputs": [...], "outputs": [...]} of the export's io.json
+    fp32_layers: Mapping[str, list[str]]  # graph -> layers the fuse stage pinned to FP32
+    timing_cache_dir: Path
+    project_root: Path
+
+
+def build_engine(target_name: str, target: Target, graphs: Mapping[str, Path], out: Path, context: BuildContext) -> dict[str, Any]:
     if target.runtime == "onnxruntime":
         return _onnxruntime(target, graphs, out)
     if target.runtime == "tensorrt_rtx":
-        return _tensorrt_rtx(target, graphs, out, io)
-    return _tensorrt(target_name, target, graphs, out, io, fp32_layers, timing_cache_dir, project_root)
+        return _tensorrt_rtx(target, graphs, out, context.io)
+    return _tensorrt(target_name, target, graphs, out, context)
 
 
 def _tensorrt_rtx(target: Target, graphs: Mapping[str, Path], out: Path, io: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,21 +76,13 @@ def _tensorrt_rtx(target: Target, graphs: Mapping[str, Path], out: Path, io: Map
             "precision": target.precision, "engines": engines, "graphs": sorted(graphs)}
 
 
-def _tensorrt(
-    target_name: str,
-    target: Target,
-    graphs: Mapping[str, Path],
-    out: Path,
-    io: Mapping[str, Any],
-    fp32_layers: Mapping[str, list[str]],
-    timing_cache_dir: Path,
-    project_root: Path,
-) -> dict[str, Any]:
+def _tensorrt(target_name: str, target: Target, graphs: Mapping[str, Path], out: Path, context: BuildContext) -> dict[str, Any]:
+    io, fp32_layers = context.io, context.fp32_layers
     wanted_cc = target.compute_capability[0]
     trtexec = tensorrt.find_trtexec() if target.builder == "trtexec" else None
     trt = tensorrt.import_runtime("tensorrt") if target.builder == "python" else None
     if trtexec is None and trt is None:
-        raise EngineUnavailable(_missing_tensorrt(target_name, target, graphs, io, fp32_layers, project_root))
+        raise EngineUnavailable(_missing_tensorrt(target_name, target, graphs, context))
     version = tensorrt.trtexec_version(trtexec) if trtexec else trt.__version__
     cc = tensorrt.machine_compute_capability()
     where = f"a machine with TensorRT {target.tensorrt_version} and compute capability {wanted_cc}" + (
@@ -100,7 +93,7 @@ def _tensorrt(
     if cc != wanted_cc:
         raise EngineUnavailable(f"target {target_name!r} is compute capability {wanted_cc}; this machine's GPU is "
                                 f"{cc or 'unknown (no GPU found)'}: engines are tied to the compute capability. Build on {where}.")
-    cache = tensorrt.timing_cache_path(timing_cache_dir, target, version, cc)
+    cache = tensorrt.timing_cache_path(context.timing_cache_dir, target, version, cc)
     cache.parent.mkdir(parents=True, exist_ok=True)
     engines = {}
     for name, source in graphs.items():
@@ -119,10 +112,8 @@ def _tensorrt(
             "builder": target.builder, "timing_cache": cache.name, "engines": engines, "graphs": sorted(graphs)}
 
 
-def _missing_tensorrt(
-    target_name: str, target: Target, graphs: Mapping[str, Path], io: Mapping[str, Any],
-    fp32_layers: Mapping[str, list[str]], project_root: Path,
-) -> str:
+def _missing_tensorrt(target_name: str, target: Target, graphs: Mapping[str, Path], context: BuildContext) -> str:
+    project_root = context.project_root
     what = "trtexec (searched $GLUEFORGE_TRTEXEC, PATH and /usr/src/tensorrt/bin)" if target.builder == "trtexec" \
         else "the TensorRT Python package (import tensorrt)"
     lines = [
@@ -131,13 +122,13 @@ def _missing_tensorrt(
         f"TensorRT exists: a Jetson runner with JetPack {target.jetpack}.",
         "Every stage up to the fused ONNX is built and cached here:",
         *[f"  {name}: {_relative(path, project_root)}" for name, path in graphs.items()],
-        f"On the Jetson runner, in a checkout that shares these artifacts (copied artifacts/ or the remote cache), run:",
+        "On the Jetson runner, in a checkout that shares these artifacts (copied artifacts/ or the remote cache), run:",
         f"  doit build target={target_name}",
         "or build each engine directly with:",
     ]
     for name, path in graphs.items():
         cmd = tensorrt.trtexec_command(tensorrt.JETSON_TRTEXEC, Path(_relative(path, project_root)), Path(f"{name}.engine"),
-                                       target, io[name]["inputs"], fp32_layers.get(name, ()), Path("timing.cache"),
+                                       target, context.io[name]["inputs"], context.fp32_layers.get(name, ()), Path("timing.cache"),
                                        Path(f"{name}.layers.json"))
         lines.append("  " + " ".join(cmd))
     return "\n".join(lines)

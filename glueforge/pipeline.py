@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -286,14 +285,14 @@ class Pipeline:
         if stage == "engine":
             import json
 
-            from glueforge.engine import build_engine
+            from glueforge.engine import BuildContext, build_engine
 
             fused = self.result("fuse", model, target)
             io = json.loads(self.result("export", model, target).file("io.json").read_text())["graphs"]
             graphs = {g: fused.file(f"{g}.onnx") for g in self._graphs(model)}
             fp32 = {g: fused.meta[g].get("fp32_layers", []) for g in graphs}
-            return lambda out: build_engine(target, cfg.target(target), graphs, out, io=io, fp32_layers=fp32,
-                                            timing_cache_dir=self.artifacts / "timing-cache", project_root=self.root)
+            context = BuildContext(io=io, fp32_layers=fp32, timing_cache_dir=self.artifacts / "timing-cache", project_root=self.root)
+            return lambda out: build_engine(target, cfg.target(target), graphs, out, context)
         if stage == "validate":
             return self._validate_builder(model, target)
         if stage == "bundle":
@@ -354,7 +353,7 @@ class Pipeline:
         else:
             validation = json.loads(self.result("validate", model, target).file("validation.json").read_text())
         io_spec = json.loads(export.file("io.json").read_text())
-        m, t = self.config.model(model), self.config.target(target)
+        t = self.config.target(target)
 
         def build(out: Path) -> dict[str, Any]:
             manifest = assemble(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from glueforge.pull import PullError, check_compatibility, pull
+from glueforge.pull import PullError, check_compatibility
 from glueforge.store import S3Store
 from tests.project import REPO
 from tests.test_store import MODEL, files, make_bundle
