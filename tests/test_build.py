@@ -189,3 +189,35 @@ def test_parity_of_bundled_graphs_with_kornia(built, download_cache, model, reco
     for name, m in rows:
         for metric, threshold in PARITY.items():
             assert m[metric] >= threshold, f"{model} {name}: {metric} {m[metric]:.5f} < {threshold}"
+
+
+# -- publishing from the task graph -----------------------------------------------------------------------
+
+def test_doit_publish_to_s3_then_pull(built, s3_server, tmp_path):
+    from glueforge.pull import pull
+    from glueforge.store import S3Store
+
+    store = ["store=" + s3_server.url("published"), "endpoint=" + s3_server.endpoint]
+    proc, executed, _ = doit(built, "publish", "target=cpu", "channel=latest,stable", *store)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {f"publish:cpu:{m}" for m in MODELS} <= set(executed)
+    proc, executed, _ = doit(built, "publish", "target=cpu", "channel=latest,stable", *store)
+    assert proc.returncode == 0 and executed == []  # already published: nothing to do
+    remote = S3Store(s3_server.url("published"), s3_server.endpoint)
+    for model in MODELS:
+        path = pull(remote, model, "cpu", tmp_path / "apps", channel="stable")
+        local = built / "artifacts/store" / model / VERSION / "cpu"
+        for name in json.loads((local / "manifest.json").read_text())["files"]:
+            assert (path / name).read_bytes() == (local / name).read_bytes()
+
+
+def test_unvalidated_override_is_loud_and_marked(built, s3_server):
+    from glueforge.store import S3Store
+
+    store = ["store=" + s3_server.url("unvalidated"), "endpoint=" + s3_server.endpoint]
+    proc, executed, _ = doit(built, "publish", "target=cpu", "model=disk_lightglue", "version=0.0.1", "unvalidated=1", *store)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "validate:cpu:disk_lightglue" not in executed
+    assert "UNVALIDATED: disk_lightglue for cpu is bundled WITHOUT validation" in proc.stderr
+    manifest = S3Store(s3_server.url("unvalidated"), s3_server.endpoint).manifest("disk_lightglue", "0.0.1", "cpu")
+    assert manifest["validation"]["status"] == "unvalidated" and "override" in manifest["validation"]["reason"]
