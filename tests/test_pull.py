@@ -14,7 +14,7 @@ import pytest
 
 from glueforge.pull import PullError, check_compatibility
 from glueforge.store import S3Store
-from tests.project import REPO
+from tests.project import REPO, clone_project
 from tests.test_store import MODEL, files, make_bundle
 
 TARGET = "cpu"
@@ -34,7 +34,8 @@ def test_pull_only_environment_pulls_and_verifies(s3_server, tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], capture_output=True, text=True)
+    source = clone_project(tmp_path / "source")  # building a wheel writes build/ next to the sources
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(source)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-3000:]
     for heavy in ("torch", "onnx", "onnxruntime", "tensorrt", "numpy", "pydantic"):
         probe = subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True)

@@ -1,1 +1,0 @@
-"""Validation: images, task metrics and the engine-versus-golden comparison."""
