@@ -18,6 +18,7 @@ from glueforge import GlueforgeError
 
 log = logging.getLogger(__name__)
 MULTIPART_THRESHOLD = 16 << 20
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 
 class StoreUnavailable(GlueforgeError):
@@ -83,12 +84,16 @@ class Bucket:
 
         return (BotoCoreError, ClientError)
 
+    @staticmethod
+    def _code(error: Exception) -> str | None:
+        return getattr(error, "response", {}).get("Error", {}).get("Code")
+
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.location.bucket, Key=key)
             return True
         except self._errors() as e:
-            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if self._code(e) in NOT_FOUND:
                 return False
             raise self._fail("checking", key, e) from None
 
@@ -96,7 +101,7 @@ class Bucket:
         try:
             return self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
         except self._errors() as e:
-            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if self._code(e) in NOT_FOUND:
                 return None
             raise self._fail("reading", key, e) from None
 
@@ -106,7 +111,7 @@ class Bucket:
             self.client.put_object(Bucket=self.location.bucket, Key=key, Body=body, IfNoneMatch="*")
             return True
         except self._errors() as e:
-            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if self._code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 return False
             raise self._fail("writing", key, e) from None
 

@@ -14,17 +14,13 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pytest
-import torch
 import yaml
 
 from exporters.graphs import Models
 from glueforge.config import Config
 from glueforge.fetch import sha256_file, weight_path
-from validation.images import load, shared_pairs
-from validation.metrics import pair_metrics
+from validation.parity import bundle_parity, table
 
 from tests.project import REPO, clone_project, doit
 
@@ -162,30 +158,12 @@ def test_parity_of_bundled_graphs_with_kornia(built, download_cache, model, reco
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
     bundle = built / "artifacts" / "store" / model / VERSION / "cpu"
-    end2end = ort.InferenceSession(str(bundle / "end2end.onnx"), providers=["CPUExecutionProvider"])
-    extractor = ort.InferenceSession(str(bundle / "extractor.onnx"), providers=["CPUExecutionProvider"])
-    models = _reference_models(built, model, download_cache)
-    size = models.spec.image_size
-    rows = []
-    for name, a, b in shared_pairs(SHARED_DATA):
-        images = np.stack([load(a, size), load(b, size)])
-        keypoints, matches, _ = end2end.run(None, {"images": images})
-        _, _, descriptors = extractor.run(None, {"images": images})
-        with torch.inference_mode():
-            ref = models.reference_features(torch.from_numpy(images))
-        ref_matches = models.reference_matches(ref[0], ref[1])["matches"]
-        cand = [{"keypoints": keypoints[i], "descriptors": descriptors[i]} for i in (0, 1)]
-        metrics = pair_metrics((ref[0], ref[1], ref_matches), (cand[0], cand[1], matches[:, 1:]))
-        rows.append((name, metrics))
-    table = "\n".join(
-        f"{model:17s} {name:34s} mnn={m['keypoint_mnn']:.4f} cos_min={m['descriptor_cosine_min']:.6f} "
-        f"recall={m['match_recall']:.4f} matches={int(m['matches'])}/{int(m['reference_matches'])}"
-        for name, m in rows
-    )
-    log.info("parity of the bundled %s graphs against kornia:\n%s", model, table)
-    record_property("parity", table)
+    rows = bundle_parity(bundle, _reference_models(built, model, download_cache), SHARED_DATA)
+    text = table(model, rows)
+    log.info("parity of the bundled %s graphs against kornia:\n%s", model, text)
+    record_property("parity", text)
     report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", built / "artifacts"))
-    (report_dir / f"parity-{model}.txt").write_text(table + "\n")
+    (report_dir / f"parity-{model}.txt").write_text(text + "\n")
     for name, m in rows:
         for metric, threshold in PARITY.items():
             assert m[metric] >= threshold, f"{model} {name}: {metric} {m[metric]:.5f} < {threshold}"

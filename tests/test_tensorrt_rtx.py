@@ -12,16 +12,11 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-import torch
 
 from glueforge.fetch import sha256_file
-from validation.images import load, shared_pairs
-from validation.metrics import pair_metrics
-from validation.validate import dense_to_list
+from validation.parity import bundle_parity, table
 
 from tests.project import clone_project, doit
 from tests.test_build import SHARED_DATA, VERSION, _reference_models
@@ -73,27 +68,11 @@ def test_fp16_onnx_parity_with_fp32_reference(rtx_built, download_cache, model):
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
     bundle = rtx_built / "artifacts/store" / model / VERSION / "rtx"
-    end2end = ort.InferenceSession(str(bundle / "end2end.onnx"), providers=["CPUExecutionProvider"])
-    extractor = ort.InferenceSession(str(bundle / "extractor.onnx"), providers=["CPUExecutionProvider"])
-    models = _reference_models(rtx_built, model, download_cache)
-    rows = []
-    for name, a, b in shared_pairs(SHARED_DATA):
-        images = np.stack([load(a, models.spec.image_size), load(b, models.spec.image_size)])
-        keypoints, matches0, _ = end2end.run(None, {"images": images})
-        _, _, descriptors = extractor.run(None, {"images": images})
-        with torch.inference_mode():
-            ref = models.reference_features(torch.from_numpy(images))
-        ref_matches = models.reference_matches(ref[0], ref[1])["matches"]
-        cand = [{"keypoints": keypoints[i], "descriptors": descriptors[i]} for i in (0, 1)]
-        rows.append((name, pair_metrics((ref[0], ref[1], ref_matches), (cand[0], cand[1], dense_to_list(matches0)[:, 1:]))))
-    table = "\n".join(
-        f"{model:17s} {name:34s} mnn={m['keypoint_mnn']:.4f} cos_mean={m['descriptor_cosine_mean']:.5f} "
-        f"cos_min={m['descriptor_cosine_min']:.4f} recall={m['match_recall']:.4f} matches={int(m['matches'])}/{int(m['reference_matches'])}"
-        for name, m in rows
-    )
-    log.info("FP16 ONNX (rtx) against kornia FP32:\n%s", table)
+    rows = bundle_parity(bundle, _reference_models(rtx_built, model, download_cache), SHARED_DATA)
+    text = table(model, rows)
+    log.info("FP16 ONNX (rtx) against kornia FP32:\n%s", text)
     report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", rtx_built / "artifacts"))
-    (report_dir / f"parity-fp16-{model}.txt").write_text(table + "\n")
+    (report_dir / f"parity-fp16-{model}.txt").write_text(text + "\n")
     for name, m in rows:
         for metric, threshold in FP16_PARITY.items():
             assert m[metric] >= threshold, f"{model} {name}: {metric} {m[metric]:.5f} < {threshold}"
