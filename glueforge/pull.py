@@ -124,6 +124,9 @@ def pull(
             raise PullError(f"{store}: {model} {resolved} for {target}: {name} has sha256 {got}, the manifest says "
                             f"{entry['sha256']}; the store copy is corrupt or was altered; nothing was installed")
         os.replace(part, path)
+    # an interrupted download leaves its temporary file (s3transfer's "<name>.<random>") behind
+    for leftover in [p for p in staging.rglob("*") if p.is_file() and p.relative_to(staging).as_posix() not in manifest["files"]]:
+        leftover.unlink()
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():

@@ -128,6 +128,8 @@ def test_interrupted_pull_then_rerun_installs_a_complete_bundle(store, tmp_path,
     process.wait()
     assert process.returncode != 0, "the pull finished before it could be interrupted"
     assert not (cache / MODEL / "3.0.0" / TARGET).exists()
+    # what a download killed mid-file leaves (s3transfer writes "<name>.<random>", then renames)
+    (staging / "part00.bin.part.DEADBEEF").write_bytes(b"half a file")
     path = pull(store, MODEL, TARGET, cache, version="3.0.0")
     assert sorted(p.name for p in path.iterdir()) == sorted([*content, "manifest.json"])
     for name, data in content.items():
