@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from glueforge import tensorrt
+from glueforge import machine, tensorrt
 from glueforge.config import OrtSession, Target
 from glueforge.tensorrt import EngineBuildError, EngineUnavailable
 
@@ -84,7 +84,7 @@ def _tensorrt(target_name: str, target: Target, graphs: Mapping[str, Path], out:
     if trtexec is None and trt is None:
         raise EngineUnavailable(_missing_tensorrt(target_name, target, graphs, context))
     version = tensorrt.trtexec_version(trtexec) if trtexec else trt.__version__
-    cc = tensorrt.machine_compute_capability()
+    cc = machine.compute_capability()
     where = f"a machine with TensorRT {target.tensorrt_version} and compute capability {wanted_cc}" + (
         f" (JetPack {target.jetpack})" if target.jetpack else "")
     if version is None or (target.tensorrt_version and not tensorrt.same_release(version, target.tensorrt_version)):

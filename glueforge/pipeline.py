@@ -18,10 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from glueforge import PROJECT_ROOT, GlueforgeError
+from glueforge import PROJECT_ROOT, GlueforgeError, machine
 from glueforge.cache import ActionCache, Result, action_key
 from glueforge.config import Config
-from glueforge.fetch import fetch, sha256_file, weight_path
+from glueforge.fetch import describe, fetch, sha256_file, weight_path
 from glueforge.store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -192,9 +192,8 @@ class Pipeline:
     def _runtime_versions(t) -> dict[str, str]:
         if t.runtime == "onnxruntime":
             return tool_versions("onnxruntime")
-        if t.runtime == "tensorrt_rtx":
-            return {"tensorrt_rtx": _version_or_none("tensorrt-rtx-cu13")}
-        return {"tensorrt": _version_or_none("tensorrt")}  # the engine stage checks the machine's release itself
+        # the engine stage checks the machine's TensorRT release itself
+        return {t.runtime: machine.runtime_version(t.runtime)}
 
     # -- results ----------------------------------------------------------------------------
     def _input(self, stage: str, model: str, target: str) -> Result:
@@ -378,15 +377,13 @@ class Pipeline:
         weights = {}
         for role, name in self.weight_names(model).items():
             w = cfg.project.weights[name]
-            from glueforge.fetch import describe
-
             weights[role] = {"name": name, "sha256": w.sha256, "sources": [describe(s) for s in w.sources]}
         prov = {
             "weights": weights,
             "code": self.export_code(model),
             "config_digest": cfg.digest(m, t),
             "tools": tool_versions("torch", "onnx", "onnxsim", "onnxruntime", "kornia", "polygraphy"),
-            "glueforge": metadata.version("glueforge") if _installed("glueforge") else None,
+            "glueforge": machine.package_version("glueforge"),
         }
         if with_commit:
             prov["git_commit"] = git_commit(self.root)
@@ -405,21 +402,6 @@ def declared_patches(path: Path) -> list[str]:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PATCHES" for t in node.targets):
             return list(ast.literal_eval(node.value))
     raise MissingInput(f"{path}: no PATCHES declared")
-
-
-def _version_or_none(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.version(name)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 def git_commit(root: Path) -> str | None:

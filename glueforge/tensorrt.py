@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from packaging.version import Version
 
-from glueforge import GlueforgeError, machine
+from glueforge import GlueforgeError
 from glueforge.config import TENSORRT_RTX_COMPUTE, Target
 
 log = logging.getLogger(__name__)
@@ -223,10 +223,6 @@ def run_trtexec(cmd: list[str]) -> dict[str, Any]:
 
 
 # -- the build machine --------------------------------------------------------------------------
-def machine_compute_capability() -> str | None:
-    return machine.compute_capability()
-
-
 def same_release(installed: str, expected: str) -> bool:
     """TensorRT engines are tied to the major.minor release that built them."""
     a, b = Version(installed), Version(expected)
