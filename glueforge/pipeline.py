@@ -306,7 +306,7 @@ class Pipeline:
 
         from glueforge.config import OrtSession
         from glueforge.engine import ort_session
-        from validation.validate import ValidationFailed, tensorrt_session, validate
+        from validation.validate import ValidationFailed, onnxruntime_runner, tensorrt_runner, validate
 
         t = self.config.target(target)
         engine = self.result("engine", model, target)
@@ -314,12 +314,13 @@ class Pipeline:
         if t.runtime in ("onnxruntime", "tensorrt_rtx"):
             # TensorRT-RTX engines run on RTX GPUs only: validate the FP16 graph they were compiled from
             session = t.session if t.runtime == "onnxruntime" else OrtSession()
-            sessions = {g: (lambda path=engine.file(f"{g}.onnx"): ort_session(path, session)) for g in self._graphs(model)}
+            runners = {g: onnxruntime_runner(lambda path=engine.file(f"{g}.onnx"): ort_session(path, session))
+                       for g in self._graphs(model)}
         else:
-            sessions = {g: tensorrt_session(engine.file(f"{g}.engine")) for g in self._graphs(model)}
+            runners = {g: tensorrt_runner(engine.file(f"{g}.engine")) for g in self._graphs(model)}
 
         def build(out: Path) -> dict[str, Any]:
-            report = validate(sessions, export.path, target, t)
+            report = validate(runners, export.path, target, t)
             report["measured_with"] = {
                 "onnxruntime": "the engine itself, onnxruntime on the CPU",
                 "tensorrt_rtx": "the FP16 ONNX the engine was compiled from, onnxruntime on the CPU "

@@ -51,16 +51,12 @@ def onnxruntime_runner(make_session: Callable[[], Any]) -> Callable[[str], Any]:
     return lambda name: OnnxrtRunner(make_session, name=name)
 
 
-def tensorrt_session(engine: Path) -> Callable[[str], Any]:
+def tensorrt_runner(engine: Path) -> Callable[[str], Any]:
     """A polygraphy runner factory for a serialized TensorRT engine (needs TensorRT and its GPU)."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    def make_runner(name: str):
-        return TrtRunner(EngineFromBytes(BytesFromPath(str(engine))), name=name)
-
-    make_runner.polygraphy_runner = True  # type: ignore[attr-defined]
-    return make_runner
+    return lambda name: TrtRunner(EngineFromBytes(BytesFromPath(str(engine))), name=name)
 
 
 def run_graph(make_runner: Callable[[str], Any], feed: dict[str, np.ndarray], name: str):
@@ -179,17 +175,18 @@ def judge(metrics: dict[str, float], target: Target) -> dict[str, bool]:
     return checks
 
 
-def validate(engines: Mapping[str, Any], export_dir: Path, target_name: str, target: Target) -> dict[str, Any]:
-    """Validate every graph; ``engines`` maps a graph name to an onnxruntime session factory
-    (a zero-argument callable) or to a polygraphy runner factory (see :func:`tensorrt_session`)."""
+def validate(
+    engines: Mapping[str, Callable[[str], Any]], export_dir: Path, target_name: str, target: Target
+) -> dict[str, Any]:
+    """Validate every graph; ``engines`` maps a graph name to a polygraphy runner factory
+    (:func:`onnxruntime_runner`, :func:`tensorrt_runner`)."""
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
     inputs, golden, reference = (_npz(export_dir / f"{n}.npz") for n in ("inputs", "golden", "reference"))
     graphs: dict[str, Any] = {}
-    for graph, engine in engines.items():
+    for graph, make_runner in engines.items():
         feed = _split(inputs, graph)
-        make_runner = engine if getattr(engine, "polygraphy_runner", False) else onnxruntime_runner(engine)
         results = run_graph(make_runner, feed, f"{target_name}:{graph}")
         produced = dict(results[0][1][0])
         comparison = compare_outputs(_split(golden, graph), results, target, feed)
