@@ -139,8 +139,6 @@ class LocalStore(Store):
             os.replace(tmp_pointer, pointer)
         return dest
 
-    put_bundle = publish
-
 
 class S3Store(Store):
     def __init__(self, url: str, endpoint_url: str | None = None) -> None:
