@@ -10,7 +10,7 @@
 
 from doit import get_var
 
-from glueforge.cli import load_plan
+from glueforge.tasks import load_plan
 
 DOIT_CONFIG = {"default_tasks": ["build"], "dep_file": "artifacts/.doit.db", "backend": "json", "verbosity": 2}
 

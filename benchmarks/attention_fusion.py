@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from glueforge.cli import configure_logging
-from glueforge.engine import ort_session
+from glueforge.log import configure_logging
+from runtimes.onnxruntime import session as ort_session
 from glueforge.pipeline import Pipeline
 
 

@@ -1,58 +1,21 @@
-"""Exporters: one module per model family, plus the graph wrappers that combine them.
+"""Model families: one module each (see ``glueforge/schema.py`` for the spec bases).
 
-A family module exposes:
+A family module owns everything about one kind of model, and core code reaches it only
+through ``glueforge.registry.family(spec.family)``:
 
-- ``PATCHES``: the names of the export patches (``patches/``) it applies, in order;
-- ``reference(weights, spec)``: the unpatched upstream (kornia) model with the real weights,
-  the numerical reference of every parity test;
-- ``build(weights, spec)``: the same model with its patches applied, ready to trace.
+- ``Spec``: its models.yaml schema, a subclass of ``ExtractorSpec`` or ``MatcherSpec`` with
+  ``family: Literal["<name>"]``, carrying its facts (input channels and colour, size
+  divisor, descriptor size for an extractor; the descriptor size it takes for a matcher);
+- ``build(spec, weights, settings) -> nn.Module``: the model with the real weights and its
+  export patches (``patches/``) applied, ready to trace:
+  - extractor: ``images (N, C, H, W) -> keypoints (N, K, 2) px, scores (N, K), descriptors (N, K, D)``;
+  - matcher: ``kpts0, kpts1 (B, K, 2) px, desc0, desc1 (B, K, D) -> matches0 (B, K) int64, mscores0 (B, K)``;
+- ``reference(spec, weights, settings)``: the unpatched upstream model with the same
+  weights, configured as the export is: the numerical reference of every parity test;
+  - extractor: ``images (N, C, H, W) -> [{"keypoints", "scores", "descriptors"}]`` (numpy, per image);
+  - matcher: ``(features0, features1) -> {"matches" (S, 2), "mscores" (S,)}``.
 
-``weights`` maps a weight role (``"extractor"``, ``"matcher"``) to a verified local file.
+``weights`` is the verified local file of the part's weight; ``settings`` the resolved
+``glueforge.config.ExportSettings``. Import torch and the upstream code inside these
+functions: the registry imports every family module, also on machines without torch.
 """
-
-from __future__ import annotations
-
-import importlib
-import re
-from pathlib import Path
-from types import ModuleType
-from typing import Mapping
-
-import torch
-from torch import nn
-
-FAMILIES = ("aliked", "disk", "lightglue")
-
-
-class WeightsError(RuntimeError):
-    """A checkpoint does not fit the model it was declared for."""
-
-
-def family(name: str) -> ModuleType:
-    if name not in FAMILIES:
-        raise KeyError(f"unknown model family {name!r}; known families: {', '.join(FAMILIES)}")
-    return importlib.import_module(f"exporters.{name}")
-
-
-def load_checkpoint(path: Path) -> Mapping[str, torch.Tensor]:
-    """Load a checkpoint as tensors only (``weights_only=True``): never an arbitrary pickle."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, unused: str = r"$^") -> nn.Module:
-    """Load ``state`` into ``model``; every learned parameter must be present and no key left over.
-
-    Buffers that upstream derives at construction (grids, thresholds) may be absent; keys
-    matching the regular expression ``unused`` are known leftovers of older checkpoints.
-    """
-    state = {k: v for k, v in state.items() if not re.match(unused, k)}
-    result = model.load_state_dict(state, strict=False)
-    parameters = dict(model.named_parameters())
-    missing = [k for k in result.missing_keys if k in parameters or k.endswith(("running_mean", "running_var"))]
-    if missing or result.unexpected_keys:
-        raise WeightsError(
-            f"{path}: checkpoint does not fit {type(model).__name__}: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
-        )
-    return model.eval()

@@ -1,36 +1,56 @@
 """ALIKED (Zhao et al. 2023) through kornia's pure-PyTorch port.
 
 Keypoints are the K strongest strict maxima of the score map, refined by soft-argmax;
-descriptors come from the deformable SDDH head. Input RGB in [0, 1], any size (upstream pads
-to a multiple of 32 internally).
+descriptors come from the deformable SDDH head. Input RGB in [0, 1]; H and W multiples of 32.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Literal
 
-from kornia.feature import ALIKED
+from pydantic import Field
+from typing_extensions import Annotated
 
-from exporters import load_checkpoint, load_weights
-from patches import apply_patches
-
-PATCHES = ("aliked_fixed_topk_dkd", "aliked_batched_sddh", "aliked_tensor_forward")
-CHANNELS = 3
+from glueforge.schema import ExtractorSpec
 
 
-def reference(weights: Mapping[str, Path], spec: Any) -> ALIKED:
-    """kornia ALIKED in top-k mode with ``spec.keypoints`` keypoints."""
-    model = ALIKED(
-        model_name=spec.extractor.variant,
-        max_num_keypoints=spec.keypoints,
-        detection_threshold=0.0,
-        nms_radius=spec.extractor.nms_radius,
-    )
-    path = weights["extractor"]
-    return load_weights(model, load_checkpoint(path), path)
+class Spec(ExtractorSpec):
+    channels: ClassVar[int] = 3
+    colour: ClassVar[str] = "RGB"
+    divisor: ClassVar[int] = 32
+    family: Literal["aliked"]
+    variant: Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]
+    nms_radius: Annotated[int, Field(ge=1, le=8)] = 2
+
+    @property
+    def descriptor_dim(self) -> int:
+        return 64 if self.variant == "aliked-t16" else 128
 
 
-def build(weights: Mapping[str, Path], spec: Any) -> ALIKED:
+def _kornia(spec: Spec, weights: Path, settings: Any):
+    from kornia.feature import ALIKED
+
+    from glueforge.weights import load_checkpoint, load_weights
+
+    model = ALIKED(model_name=spec.variant, max_num_keypoints=settings.keypoints, detection_threshold=0.0,
+                   nms_radius=spec.nms_radius)
+    return load_weights(model, load_checkpoint(weights), weights)
+
+
+def reference(spec: Spec, weights: Path, settings: Any):
+    """kornia ALIKED in top-k mode with ``settings.keypoints`` keypoints."""
+    model = _kornia(spec, weights, settings)
+
+    def extract(images):
+        return [{"keypoints": f.keypoints.numpy(), "scores": f.keypoint_scores.numpy(), "descriptors": f.descriptors.numpy()}
+                for f in model(images)]
+
+    return extract
+
+
+def build(spec: Spec, weights: Path, settings: Any):
     """Patched ALIKED: ``images (B, 3, H, W) -> keypoints (B, K, 2), scores (B, K), descriptors (B, K, D)``."""
-    return apply_patches(reference(weights, spec), PATCHES, spec)
+    from patches import aliked_batched_sddh, aliked_fixed_topk_dkd, aliked_tensor_forward, apply_patches
+
+    return apply_patches(_kornia(spec, weights, settings), (aliked_fixed_topk_dkd, aliked_batched_sddh, aliked_tensor_forward), settings)

@@ -1,38 +1,59 @@
 """DISK (Tyszkiewicz et al. 2020) through kornia's port, ``depth`` weights.
 
-Keypoints are the K strongest strict maxima of the U-Net heatmap (5x5 window); descriptors
-are the dense descriptors at those pixels, L2-normalised. Input RGB in [0, 1].
+Keypoints are the K strongest strict maxima of the U-Net heatmap (``nms_window`` square);
+descriptors are the dense descriptors at those pixels, L2-normalised. Input RGB in [0, 1];
+H and W multiples of 16 (the U-Net's depth).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Literal
 
-from kornia.feature import DISK
+from pydantic import Field
+from typing_extensions import Annotated
 
-from exporters import WeightsError, load_checkpoint, load_weights
-from patches import apply_patches
-
-PATCHES = ("disk_fixed_topk",)
-CHANNELS = 3
+from glueforge.schema import ExtractorSpec
 
 
-def reference(weights: Mapping[str, Path], spec: Any) -> DISK:
-    """kornia DISK with the checkpoint's ``extractor`` state."""
-    path = weights["extractor"]
-    checkpoint = load_checkpoint(path)
+class Spec(ExtractorSpec):
+    channels: ClassVar[int] = 3
+    colour: ClassVar[str] = "RGB"
+    divisor: ClassVar[int] = 16
+    family: Literal["disk"]
+    nms_window: Annotated[int, Field(ge=3, le=15)] = 5
+
+    @property
+    def descriptor_dim(self) -> int:
+        return 128
+
+
+def _kornia(weights: Path):
+    from kornia.feature import DISK
+
+    from glueforge.weights import WeightsError, load_checkpoint, load_weights
+
+    checkpoint = load_checkpoint(weights)
     if "extractor" not in checkpoint:
-        raise WeightsError(f"{path}: a DISK checkpoint holds an 'extractor' state dict; found keys {list(checkpoint)[:5]}")
-    return load_weights(DISK(desc_dim=128), checkpoint["extractor"], path)
+        raise WeightsError(f"{weights}: a DISK checkpoint holds an 'extractor' state dict; found keys {list(checkpoint)[:5]}")
+    return load_weights(DISK(desc_dim=128), checkpoint["extractor"], weights)
 
 
-def build(weights: Mapping[str, Path], spec: Any) -> DISK:
+def reference(spec: Spec, weights: Path, settings: Any):
+    """kornia DISK with the same detection: ``settings.keypoints`` strongest maxima, no score threshold."""
+    model = _kornia(weights)
+
+    def extract(images):
+        features = model(images, n=settings.keypoints, window_size=spec.nms_window, score_threshold=float("-inf"),
+                         pad_if_not_divisible=True)
+        return [{"keypoints": f.keypoints.numpy(), "scores": f.detection_scores.numpy(), "descriptors": f.descriptors.numpy()}
+                for f in features]
+
+    return extract
+
+
+def build(spec: Spec, weights: Path, settings: Any):
     """Patched DISK: ``images (B, 3, H, W) -> keypoints (B, K, 2), scores (B, K), descriptors (B, K, D)``."""
-    return apply_patches(reference(weights, spec), PATCHES, spec)
+    from patches import apply_patches, disk_fixed_topk
 
-
-def reference_kwargs(spec: Any) -> dict[str, Any]:
-    """Arguments of kornia's ``DISK.forward`` equivalent to the exported detection."""
-    return {"n": spec.keypoints, "window_size": spec.extractor.nms_window, "score_threshold": float("-inf"),
-            "pad_if_not_divisible": True}
+    return apply_patches(_kornia(weights), (disk_fixed_topk,), settings)

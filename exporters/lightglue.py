@@ -1,43 +1,101 @@
-"""LightGlue (Lindenberger et al. 2023) through kornia's port, at fixed depth.
+"""LightGlue (Lindenberger et al. 2023) and LighterGlue through kornia's port, at fixed depth.
 
 Early stopping and point pruning are off (``depth_confidence = width_confidence = -1``):
-all ``n_layers`` layers run, which is what makes a static graph possible.
+all ``n_layers`` layers run, which is what makes a static graph possible. The architecture
+(descriptor sizes, heads, depth, scale/orientation inputs) of each released checkpoint is in
+``ARCHITECTURES``, keyed as kornia's ``LightGlue.features`` and LightGlue-ONNX's config are.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Optional
 
-from kornia.feature import LightGlue
+from pydantic import Field, model_validator
+from typing_extensions import Annotated
 
-from exporters import load_checkpoint, load_weights
-from patches import apply_patches
+from glueforge.schema import MatcherSpec
 
-PATCHES = ("lightglue_posenc_expand", "lightglue_static_heads", "lightglue_concat_assignment", "lightglue_fixed_depth")
+# released checkpoint -> its architecture (kornia.feature.LightGlue.features)
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "superpoint": {"input_dim": 256, "descriptor_dim": 256, "n_layers": 9, "num_heads": 4},
+    "disk": {"input_dim": 128, "descriptor_dim": 256, "n_layers": 9, "num_heads": 4},
+    "aliked": {"input_dim": 128, "descriptor_dim": 256, "n_layers": 9, "num_heads": 4},
+    "sift": {"input_dim": 128, "descriptor_dim": 256, "n_layers": 9, "num_heads": 4, "add_scale_ori": True},
+    # LighterGlue (verlab/accelerated_features): 6 layers, 1 head, 96-D, for 64-D XFeat descriptors
+    "xfeat": {"input_dim": 64, "descriptor_dim": 96, "n_layers": 6, "num_heads": 1},
+}
 
 
-def reference(weights: Mapping[str, Path], spec: Any) -> LightGlue:
-    """kornia LightGlue for ``spec.matcher.features`` with the checkpoint, fixed depth."""
-    conf = {k: v for k, v in LightGlue.features[spec.matcher.features].items() if k != "weights"}
-    model = LightGlue(
-        features=None,
-        **conf,
-        n_layers=spec.matcher.n_layers,
-        depth_confidence=-1,
-        width_confidence=-1,
-        filter_threshold=spec.matcher.filter_threshold,
-        flash=False,
-    )
-    path = weights["matcher"]
-    state = dict(load_checkpoint(path))
-    for i in range(spec.matcher.n_layers):  # the released checkpoints predate upstream's module renaming
+class Spec(MatcherSpec):
+    family: Literal["lightglue"]
+    features: Literal["superpoint", "disk", "aliked", "sift", "xfeat"]  # the checkpoint's architecture
+    n_layers: Optional[Annotated[int, Field(ge=1, le=9)]] = None  # default: all the checkpoint's layers
+    filter_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+
+    @model_validator(mode="after")
+    def _depth(self) -> "Spec":
+        trained = ARCHITECTURES[self.features]["n_layers"]
+        if self.n_layers is not None and self.n_layers > trained:
+            raise ValueError(f"n_layers {self.n_layers}: the {self.features} checkpoint has {trained} layers")
+        return self
+
+    @property
+    def input_dim(self) -> int:
+        return ARCHITECTURES[self.features]["input_dim"]
+
+    @property
+    def layers(self) -> int:
+        return self.n_layers or ARCHITECTURES[self.features]["n_layers"]
+
+
+def _kornia(spec: Spec, weights: Path):
+    from kornia.feature import LightGlue
+
+    from glueforge.weights import load_checkpoint, load_weights
+
+    conf = {"add_scale_ori": False, **ARCHITECTURES[spec.features], "n_layers": spec.layers}
+    model = LightGlue(features=None, **conf, depth_confidence=-1, width_confidence=-1,
+                      filter_threshold=spec.filter_threshold, flash=False)
+    state = dict(load_checkpoint(weights))
+    # LighterGlue nests its state under "matcher."; the released LightGlue checkpoints predate
+    # upstream's module renaming (self_attn.i -> transformers.i.self_attn)
+    state = {k.removeprefix("matcher."): v for k, v in state.items()}
+    for i in range(spec.layers):
         for old, new in ((f"self_attn.{i}.", f"transformers.{i}.self_attn."), (f"cross_attn.{i}.", f"transformers.{i}.cross_attn.")):
             state = {k.replace(old, new, 1) if k.startswith(old) else k: v for k, v in state.items()}
-    # disk_lightglue carries the unused 'log_assignment.<i>.r' tensors of an earlier upstream release
-    return load_weights(model, state, path, unused=r"log_assignment\.\d+\.r$")
+    # layers past n_layers are not used at fixed depth; disk_lightglue carries the unused
+    # 'log_assignment.<i>.r' tensors of an earlier upstream release; LighterGlue's checkpoint
+    # also carries the extractor it was trained with ('extractor.*')
+    deeper = "|".join(rf"(transformers|log_assignment|token_confidence)\.{i}\." for i in range(spec.layers, 9))
+    unused = r"log_assignment\.\d+\.r$|extractor\." + (f"|({deeper})" if deeper else "")
+    return load_weights(model, state, weights, unused=unused)
 
 
-def build(weights: Mapping[str, Path], spec: Any) -> LightGlue:
+def reference(spec: Spec, weights: Path, settings: Any):
+    """kornia LightGlue with the checkpoint, fixed depth: ``(features0, features1) -> matches (S, 2), mscores (S,)``."""
+    import torch
+
+    model = _kornia(spec, weights)
+    h, w = settings.image_size
+    size = torch.tensor([[w, h]], dtype=torch.float32)
+
+    @torch.inference_mode()
+    def match(features0, features1):
+        data = {f"image{i}": {"keypoints": torch.from_numpy(f["keypoints"])[None].float(),
+                              "descriptors": torch.from_numpy(f["descriptors"])[None], "image_size": size}
+                for i, f in enumerate((features0, features1))}
+        out = model(data)
+        return {"matches": out["matches"][0].numpy(), "mscores": out["scores"][0].numpy()}
+
+    return match
+
+
+def build(spec: Spec, weights: Path, settings: Any):
     """Patched LightGlue: ``kpts0, kpts1 (B, K, 2) px, desc0, desc1 (B, K, D) -> matches0 (B, K), mscores0 (B, K)``."""
-    return apply_patches(reference(weights, spec), PATCHES, spec)
+    from patches import (apply_patches, lightglue_concat_assignment, lightglue_fixed_depth, lightglue_posenc_expand,
+                         lightglue_static_heads)
+
+    return apply_patches(_kornia(spec, weights),
+                         (lightglue_posenc_expand, lightglue_static_heads, lightglue_concat_assignment, lightglue_fixed_depth),
+                         settings)

@@ -10,17 +10,16 @@ not exist. Entries whose files no longer match ``result.json`` are discarded on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from glueforge.config import canonical_digest
-from glueforge.fetch import sha256_file
+from glueforge import GlueforgeError
+from glueforge.files import atomic_directory, sha256_file
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
@@ -44,7 +43,9 @@ class Result:
 
 
 def action_key(stage: str, payload: dict[str, Any]) -> str:
-    return canonical_digest({"stage": stage, **payload})
+    """sha256 of the canonical JSON of the stage name and its payload."""
+    text = json.dumps({"stage": stage, **payload}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
@@ -95,6 +96,10 @@ class RemoteCache:
         self.store.bucket.put_if_absent(self._record(result.stage, result.key), json.dumps(record).encode())
 
 
+class _Miss(Exception):
+    """No remote result for a key."""
+
+
 class ActionCache:
     def __init__(self, root: Path, remote: RemoteCache | None = None) -> None:
         self.root = Path(root)
@@ -119,25 +124,20 @@ class ActionCache:
     def _from_remote(self, stage: str, key: str) -> Result | None:
         if self.remote is None:
             return None
-        from glueforge import GlueforgeError
-
         final = self.entry(stage, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:12]}.remote."))
         try:
-            record = self.remote.fetch(stage, key, tmp)
-            if record is None:
-                return None
-            (tmp / RESULT).write_text(json.dumps(record, indent=1))
-            if not final.exists():
-                os.rename(tmp, final)
-            log.info("%s %s: taken from the %s", stage, key[:12], self.remote)
-            return Result(stage, key, final, record["files"], record["meta"])
+            with atomic_directory(final) as tmp:
+                record = self.remote.fetch(stage, key, tmp)
+                if record is None:
+                    raise _Miss  # leaves nothing behind
+                (tmp / RESULT).write_text(json.dumps(record, indent=1))
+        except _Miss:
+            return None
         except (GlueforgeError, ValueError) as e:
             log.warning("%s %s: %s; building locally", stage, key[:12], e)
             return None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("%s %s: taken from the %s", stage, key[:12], self.remote)
+        return Result(stage, key, final, record["files"], record["meta"])
 
     @staticmethod
     def _intact(result: Result) -> bool:
@@ -148,25 +148,18 @@ class ActionCache:
         return True
 
     def put(self, stage: str, key: str, build: Callable[[Path], dict[str, Any]]) -> Result:
-        """Run ``build(tmpdir) -> meta`` and commit its files as the entry for ``key``."""
+        """Run ``build(tmpdir) -> meta`` and commit its files as the entry for ``key``.
+
+        If a concurrent build of the same key finished first, its entry stands: results are
+        equal by construction.
+        """
         final = self.entry(stage, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:12]}."))
-        try:
+        with atomic_directory(final) as tmp:
             meta = build(tmp)
             files = describe_files(tmp)
             (tmp / RESULT).write_text(json.dumps({"stage": stage, "key": key, "files": files, "meta": meta}, indent=1))
-            if final.exists():  # a concurrent build finished first; results are equal by construction
-                shutil.rmtree(tmp)
-            else:
-                os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         result = Result(stage, key, final, files, meta)
         if self.remote is not None:
-            from glueforge import GlueforgeError
-
             try:
                 self.remote.push(result)
             except GlueforgeError as e:  # the local result stands; the next runner builds it again

@@ -1,39 +1,20 @@
-"""Entry points: the plan behind dodo.py, and the ``glueforge`` command (pull needs no torch)."""
+"""The ``glueforge`` command: pull (needs no torch) and parity (a build machine).
+
+    glueforge pull MODEL --target T --dest DIR [--version SPEC | --channel NAME] [--check-compatibility]
+    glueforge parity MODEL [--target T] [--data DIR]
+
+Errors a user can act on print one line without a traceback and exit non-zero.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
-from glueforge import PROJECT_ROOT, GlueforgeError
-
-
-def configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("GLUEFORGE_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            datefmt="%H:%M:%S", stream=sys.stderr,
-        )
-
-
-
-def load_plan(target: str, models: str | None, root: Path | None = None, **options):
-    """Load models.yaml from ``root`` and select ``target`` and ``models``; exit with the error on failure."""
-    from glueforge.pipeline import Pipeline
-    from glueforge.tasks import Plan
-
-    configure_logging()
-    root = Path(root or Path.cwd())
-    if not (root / "models.yaml").is_file():
-        root = PROJECT_ROOT
-    try:
-        return Plan(Pipeline.load(root), target, models, **options)
-    except GlueforgeError as e:
-        print(f"glueforge: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+from glueforge import GlueforgeError
+from glueforge.log import configure_logging
 
 
 def default_store() -> str | None:
@@ -63,8 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--store", default=None, help="s3://bucket/prefix or a directory (default: $GLUEFORGE_STORE, models.yaml)")
     pull.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: $GLUEFORGE_S3_ENDPOINT)")
     pull.add_argument("--check-compatibility", action="store_true", help="refuse a bundle this machine cannot run")
+    parity = sub.add_parser("parity", help="parity of a built bundle with the upstream reference on photographs")
+    parity.add_argument("model")
+    parity.add_argument("--target", default="cpu")
+    parity.add_argument("--data", type=Path, default=Path("../shared/data"), help="a directory with pairs/ and sequences/")
     args = parser.parse_args(argv)
     configure_logging()
+    try:
+        if args.command == "parity":
+            print(_parity(args.model, args.target, args.data))
+            return 0
+        return _pull(args)
+    except GlueforgeError as e:
+        print(f"glueforge: {e}", file=sys.stderr)
+        return 1
+
+
+def _pull(args: argparse.Namespace) -> int:
     from glueforge.pull import pull as pull_bundle
     from glueforge.store import open_store
 
@@ -72,14 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     if not store_url:
         print("glueforge: no store given: --store, $GLUEFORGE_STORE or store.remote in models.yaml", file=sys.stderr)
         return 2
-    try:
-        path = pull_bundle(open_store(store_url, args.endpoint_url), args.model, args.target, args.dest,
-                           version=args.version, channel=args.channel, check=args.check_compatibility)
-    except GlueforgeError as e:
-        print(f"glueforge: {e}", file=sys.stderr)
-        return 1
+    path = pull_bundle(open_store(store_url, args.endpoint_url), args.model, args.target, args.dest,
+                       version=args.version, channel=args.channel, check=args.check_compatibility)
     print(path)
     return 0
+
+
+def _parity(model: str, target: str, data: Path) -> str:
+    """The parity table of ``model``'s bundle for ``target`` (built if needed)."""
+    from glueforge.graphs import Models
+    from glueforge.pipeline import Pipeline
+    from validation.parity import bundle_parity, table
+
+    pipeline = Pipeline.load(Path.cwd()) if (Path.cwd() / "models.yaml").is_file() else Pipeline.load()
+    bundle = pipeline.result("bundle", model, target).path
+    job = pipeline.job(model, target)
+    weights = {role: pipeline.fetch(name) for role, name in job.weight_names().items()}
+    return table(model, bundle_parity(bundle, Models(job.settings, weights), data))
 
 
 if __name__ == "__main__":

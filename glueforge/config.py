@@ -1,40 +1,31 @@
 """models.yaml: models, weights, export settings and targets, validated when loaded.
 
 Every error names the file, the key path and the offending value, and unknown models or
-targets list the valid ones. Limits of the target runtimes are checked here, before any
-work: a keypoint count above 3840 on a TensorRT target is refused at load time.
+targets list the valid ones. The schema of an extractor, a matcher and a target is its
+family's or runtime's own (``glueforge.schema``), joined here into unions keyed by
+``family`` and ``runtime``. Limits of the target runtimes are checked here, before any
+work: a keypoint count above a runtime's TopK limit is refused at load time.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from glueforge import GlueforgeError
-
-# TensorRT's TopK layer accepts K <= 3840 (ITopKLayer, TensorRT 8.x-10.x).
-TENSORRT_MAX_TOPK = 3840
-TENSORRT_RUNTIMES = ("tensorrt", "tensorrt_rtx")
-# Compute capabilities TensorRT-RTX compiles for ahead of time (tensorrt_rtx.ComputeCapability).
-TENSORRT_RTX_COMPUTE = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
-TURING_FP32_GEMM = (
-    "TensorRT-RTX cannot compile FP32 matrix multiplies for Turing: \"Cannot compile operation ... for Turing "
-    "(SM75): FP32 GEMM is not supported\"; a target with compute capability 7.5 must be fp16"
-)
+from glueforge import GlueforgeError, registry
+from glueforge.schema import ExtractorSpec, MatcherSpec, Strict, TargetSpec
 
 
 class ConfigError(GlueforgeError):
     """models.yaml (or a selection made on the command line) is invalid."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # -- weights ------------------------------------------------------------------------------
@@ -104,29 +95,7 @@ class Weight(Strict):
     note: Optional[str] = None
 
 
-# -- models ---------------------------------------------------------------------------------
-class ExtractorSpec(Strict):
-    family: Literal["aliked", "disk"]
-    weights: str
-    variant: Optional[Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]] = None
-    nms_radius: Annotated[int, Field(ge=1, le=8)] = 2
-    nms_window: Annotated[int, Field(ge=3, le=15)] = 5
-
-    @model_validator(mode="after")
-    def _variant(self) -> "ExtractorSpec":
-        if self.family == "aliked" and self.variant is None:
-            raise ValueError("an aliked extractor needs 'variant' (aliked-t16, aliked-n16, aliked-n16rot, aliked-n32)")
-        return self
-
-
-class MatcherSpec(Strict):
-    family: Literal["lightglue"]
-    weights: str
-    features: Literal["aliked", "disk", "superpoint", "sift"]
-    n_layers: Annotated[int, Field(ge=1, le=9)] = 9
-    filter_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-
-
+# -- models and targets: unions of the families' and runtimes' own schemas ---------------------------
 Graph = Literal["end2end", "extractor", "matcher"]
 
 
@@ -135,96 +104,6 @@ class ExportSpec(Strict):
     keypoints: Annotated[int, Field(ge=16, le=16384)]
     opset: Annotated[int, Field(ge=17, le=21)] = 17
     graphs: Annotated[list[Graph], Field(min_length=1)] = ["end2end", "extractor", "matcher"]
-
-
-class Model(Strict):
-    version: str
-    description: Optional[str] = None
-    extractor: ExtractorSpec
-    matcher: MatcherSpec
-    export: ExportSpec
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: str) -> str:
-        try:
-            Version(v)
-        except InvalidVersion:
-            raise ValueError("not a PEP 440 version") from None
-        return v
-
-
-# -- targets --------------------------------------------------------------------------------
-class Tolerance(Strict):
-    atol: Annotated[float, Field(ge=0)]
-    rtol: Annotated[float, Field(ge=0)] = 0.0
-    stat: Literal["max", "mean", "median", "elemwise"] = "median"
-
-
-class Thresholds(Strict):
-    keypoint_mnn: Annotated[float, Field(ge=0, le=1)]
-    descriptor_cosine: Annotated[float, Field(ge=-1, le=1)]
-    match_recall: Annotated[float, Field(ge=0, le=1)]
-
-
-class OrtSession(Strict):
-    providers: list[str] = ["CPUExecutionProvider"]
-    graph_optimization_level: Literal["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"] = (
-        "ORT_ENABLE_ALL"
-    )
-    intra_op_num_threads: Annotated[int, Field(ge=0)] = 0
-    execution_mode: Literal["ORT_SEQUENTIAL", "ORT_PARALLEL"] = "ORT_SEQUENTIAL"
-
-
-class BatchProfile(Strict):
-    """Pairs per call (the 2B input has 2 * pairs images): TensorRT's min/opt/max shape profile."""
-
-    min: Annotated[int, Field(ge=1)] = 1
-    opt: Annotated[int, Field(ge=1)] = 1
-    max: Annotated[int, Field(ge=1)] = 1
-
-    @model_validator(mode="after")
-    def _order(self) -> "BatchProfile":
-        if not self.min <= self.opt <= self.max:
-            raise ValueError(f"needs min <= opt <= max (got {self.min}, {self.opt}, {self.max})")
-        return self
-
-
-class Target(Strict):
-    runtime: Literal["onnxruntime", "tensorrt", "tensorrt_rtx"]
-    precision: Literal["fp32", "fp16"]
-    description: Optional[str] = None
-    keypoints: Optional[Annotated[int, Field(ge=16, le=16384)]] = None
-    builder: Optional[Literal["trtexec", "python"]] = None
-    compute_capability: list[str] = []
-    tensorrt_version: Optional[str] = None
-    cuda_version: Optional[str] = None
-    jetpack: Optional[str] = None
-    workspace_mib: Optional[Annotated[int, Field(ge=16)]] = None
-    builder_optimization_level: Annotated[int, Field(ge=0, le=5)] = 3
-    batch: BatchProfile = BatchProfile()
-    session: OrtSession = OrtSession()
-    tolerances: dict[str, Tolerance]
-    thresholds: Thresholds
-
-    @model_validator(mode="after")
-    def _runtime_fields(self) -> "Target":
-        if self.runtime == "tensorrt" and self.builder is None:
-            raise ValueError("a tensorrt target needs 'builder': trtexec or python")
-        if self.runtime in TENSORRT_RUNTIMES and not self.compute_capability:
-            raise ValueError(f"a {self.runtime} target needs 'compute_capability', e.g. [\"8.7\"]")
-        if self.runtime == "tensorrt_rtx":
-            unknown = [c for c in self.compute_capability if c not in TENSORRT_RTX_COMPUTE]
-            if unknown:
-                raise ValueError(f"compute capabilities {unknown} are not TensorRT-RTX targets; valid: {', '.join(TENSORRT_RTX_COMPUTE)}")
-            if self.precision == "fp32" and "7.5" in self.compute_capability:
-                raise ValueError(f"precision fp32 with compute capability 7.5: {TURING_FP32_GEMM}")
-        return self
-
-    @property
-    def match_output(self) -> str:
-        """``list``: matches (M, 3) via NonZero; ``dense``: matches0 (B, K), no data-dependent shape (TensorRT)."""
-        return "dense" if self.runtime in TENSORRT_RUNTIMES else "list"
 
 
 class Remote(Strict):
@@ -241,64 +120,120 @@ class Cache(Strict):
     remote: Optional[Remote] = None  # shared stage results; overridden by $GLUEFORGE_REMOTE_CACHE
 
 
-class Project(Strict):
-    weights: dict[str, Weight]
-    models: Annotated[dict[str, Model], Field(min_length=1)]
-    targets: Annotated[dict[str, Target], Field(min_length=1)]
-    store: Store = Store()
-    cache: Cache = Cache()
+def _union(specs: list[type], key: str) -> Any:
+    if len(specs) == 1:
+        return specs[0]
+    return Annotated[Union[tuple(specs)], Field(discriminator=key)]
 
-    @model_validator(mode="after")
-    def _cross_references(self) -> "Project":
-        for name, model in self.models.items():
-            for part in ("extractor", "matcher"):
-                ref = getattr(model, part).weights
-                if ref not in self.weights:
-                    raise ValueError(
-                        f"models.{name}.{part}.weights: unknown weight {ref!r}; declared weights: {', '.join(self.weights)}"
-                    )
-        for tname, target in self.targets.items():
-            if target.runtime not in TENSORRT_RUNTIMES:
-                continue
-            for mname, model in self.models.items():
-                k = target.keypoints or model.export.keypoints
-                if k > TENSORRT_MAX_TOPK:
-                    where = f"targets.{tname}.keypoints" if target.keypoints else f"models.{mname}.export.keypoints"
-                    raise ValueError(
-                        f"{where}: {k} keypoints for model {mname!r} on {target.runtime} target {tname!r}; "
-                        f"TensorRT's TopK layer takes K <= {TENSORRT_MAX_TOPK}"
-                    )
-        return self
+
+@functools.cache
+def project_schema() -> type[BaseModel]:
+    """The schema of models.yaml, with the extractor, matcher and target unions of the registered modules."""
+    specs = [m.Spec for m in registry.families().values()]
+    extractor = _union([s for s in specs if s.role == "extractor"], "family")
+    matcher = _union([s for s in specs if s.role == "matcher"], "family")
+    target = _union([m.Target for m in registry.runtimes().values()], "runtime")
+
+    class Model(Strict):
+        version: str
+        description: Optional[str] = None
+        extractor: extractor  # type: ignore[valid-type]
+        matcher: matcher  # type: ignore[valid-type]
+        export: ExportSpec
+
+        @field_validator("version")
+        @classmethod
+        def _version(cls, v: str) -> str:
+            try:
+                Version(v)
+            except InvalidVersion:
+                raise ValueError("not a PEP 440 version") from None
+            return v
+
+        @model_validator(mode="after")
+        def _fits(self) -> "Model":
+            h, w = self.export.image_size
+            d = self.extractor.divisor
+            if h % d or w % d:
+                raise ValueError(f"export.image_size {[h, w]}: {self.extractor.family} needs multiples of {d}")
+            if self.matcher.input_dim != self.extractor.descriptor_dim:
+                raise ValueError(f"matcher takes {self.matcher.input_dim}-D descriptors; extractor "
+                                 f"{self.extractor.family} gives {self.extractor.descriptor_dim}-D")
+            return self
+
+    class Project(Strict):
+        weights: dict[str, Weight]
+        models: Annotated[dict[str, Model], Field(min_length=1)]
+        targets: Annotated[dict[str, target], Field(min_length=1)]  # type: ignore[valid-type]
+        store: Store = Store()
+        cache: Cache = Cache()
+
+        @model_validator(mode="after")
+        def _cross_references(self) -> "Project":
+            for name, model in self.models.items():
+                for part in ("extractor", "matcher"):
+                    ref = getattr(model, part).weights
+                    if ref not in self.weights:
+                        raise ValueError(f"models.{name}.{part}.weights: unknown weight {ref!r}; "
+                                         f"declared weights: {', '.join(self.weights)}")
+            for tname, t in self.targets.items():
+                if t.max_keypoints is None:
+                    continue
+                for mname, model in self.models.items():
+                    k = t.keypoints or model.export.keypoints
+                    if k > t.max_keypoints:
+                        where = f"targets.{tname}.keypoints" if t.keypoints else f"models.{mname}.export.keypoints"
+                        raise ValueError(f"{where}: {k} keypoints for model {mname!r} on {t.runtime} target {tname!r}; "
+                                         f"its TopK takes K <= {t.max_keypoints}")
+            return self
+
+    return Project
 
 
 # -- resolved build settings ------------------------------------------------------------------
-class ExportSettings(Strict):
-    """What the export stage of one model for one target reads (models.yaml merged with the target)."""
+@dataclass(frozen=True)
+class ExportSettings:
+    """What the export of one model for one target reads (models.yaml merged with the target)."""
 
     model: str
     image_size: list[int]  # [H, W]
     keypoints: int
     opset: int
-    graphs: list[Graph]
-    match_output: Literal["list", "dense"] = "list"
+    graphs: list[str]
+    match_output: str  # "list" or "dense", from the target's runtime
     extractor: ExtractorSpec
     matcher: MatcherSpec
 
+    def payload(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "keypoints": self.keypoints, "opset": self.opset, "graphs": self.graphs,
+                "match_output": self.match_output, "extractor": self.extractor.model_dump(mode="json"),
+                "matcher": self.matcher.model_dump(mode="json")}
+
 
 def _format_errors(path: Path, err: ValidationError) -> str:
+    tags = set(registry.families()) | set(registry.runtimes())
     lines = []
     for e in err.errors():
         parts = [str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union"))]
-        # a tagged source reports its tag and then its field of the same name: say it once
-        loc = ".".join(p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1])
+        # a tagged source reports its tag and then its field of the same name: say it once; a family or
+        # runtime union reports its tag after `extractor`/`matcher` or the target's name: drop it
+        kept = []
+        for i, p in enumerate(parts):
+            if i and p == parts[i - 1]:
+                continue
+            if p in tags and i and (parts[i - 1] in ("extractor", "matcher") or (parts[0] == "targets" and i == 2)):
+                continue
+            kept.append(p)
+        loc = ".".join(kept)
         value = e.get("input")
         shown = json.dumps(value, default=str)
         if len(shown) > 80:
             shown = shown[:77] + "..."
+        message = e["msg"].removeprefix("Value error, ")
         if loc:
-            lines.append(f"  {loc}: {e['msg']} (got {shown})")
+            lines.append(f"  {loc}: {message} (got {shown})")
         else:  # cross-reference checks name their own key path and value
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            lines.append(f"  {message}")
     # A union of sources reports one error per alternative; keep the message short.
     unique = list(dict.fromkeys(lines))
     return f"{path}: invalid configuration:\n" + "\n".join(unique[:12])
@@ -307,7 +242,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
 class Config:
     """A loaded, validated models.yaml."""
 
-    def __init__(self, path: Path, project: Project, text: str) -> None:
+    def __init__(self, path: Path, project: BaseModel, text: str) -> None:
         self.path = path
         self.project = project
         self.text = text
@@ -326,18 +261,18 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping with weights, models and targets")
         try:
-            project = Project.model_validate(data)
+            project = project_schema().model_validate(data)
         except ValidationError as e:
             raise ConfigError(_format_errors(path, e)) from None
         return cls(path, project, text)
 
     # -- selection -----------------------------------------------------------------------
-    def model(self, name: str) -> Model:
+    def model(self, name: str) -> Any:
         if name not in self.project.models:
             raise ConfigError(f"{self.path}: unknown model {name!r}; valid models: {', '.join(self.project.models)}")
         return self.project.models[name]
 
-    def target(self, name: str) -> Target:
+    def target(self, name: str) -> TargetSpec:
         if name not in self.project.targets:
             raise ConfigError(f"{self.path}: unknown target {name!r}; valid targets: {', '.join(self.project.targets)}")
         return self.project.targets[name]
@@ -356,7 +291,7 @@ class Config:
         m, t = self.model(model), self.target(target)
         return ExportSettings(
             model=model,
-            image_size=m.export.image_size,
+            image_size=list(m.export.image_size),
             keypoints=t.keypoints or m.export.keypoints,
             opset=m.export.opset,
             graphs=list(m.export.graphs),

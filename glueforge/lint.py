@@ -1,50 +1,31 @@
-"""Pre-build lint of an ONNX graph for TensorRT targets; runs on any machine.
+"""Pre-build lint of an ONNX graph against a runtime's parser; runs on any machine.
 
-Catches, before the device, what otherwise only fails in the engine build there:
+Catches, before the device, what otherwise only fails in the engine build there. What a
+parser accepts is the runtime module's knowledge (its ``lint_rules``); the checks are here:
 
-- ops in a non-standard domain (``com.microsoft`` fused ops and other ORT-only ops);
-- ops TensorRT's ONNX parser does not import (onnx-tensorrt ``docs/operators.md``, 10.x),
-  and NonZero on TensorRT-RTX, whose parser needs a plugin it does not ship;
-- TopK with K above 3840, or with K not known when the engine is built;
-- INT64 and shape-tensor hazards: int64 graph I/O before TensorRT 10 (cast down to INT32),
-  and shape inputs (Reshape, Expand, Tile, ConstantOfShape, Range, Resize sizes, TopK K)
-  computed from tensor values instead of from shapes and constants, which TensorRT must
-  then treat as data-dependent shape tensors;
-- data-dependent output shapes (NonZero), which TensorRT 10 only runs with an output allocator.
+- ops in a non-standard domain (fused onnxruntime-only ops and other custom ops);
+- ops the runtime's parser does not import, and ops it refuses or warns about by name;
+- TopK with K above the runtime's limit, or with K not known when the engine is built;
+- INT64 and shape-tensor hazards: int64 graph I/O where the runtime casts it down, and
+  shape inputs (Reshape, Expand, Tile, ConstantOfShape, Range, Resize sizes, TopK K)
+  computed from tensor values instead of from shapes and constants, which the builder must
+  then treat as data-dependent shape tensors.
 
 Each finding names the node and its op.
+
+    python -m glueforge.lint graph.onnx --runtime tensorrt [--version 10.3]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping, Optional
 
-import numpy as np
-import onnx
-from onnx import numpy_helper
-from packaging.version import Version
+from glueforge import GlueforgeError
 
-from glueforge.config import TENSORRT_MAX_TOPK
-
-# onnx-tensorrt docs/operators.md, TensorRT 10.x: operators with "Y".
-TENSORRT_OPS = frozenset("""
-Abs Acos Acosh Add AffineGrid And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
-BitwiseAnd BitwiseNot BitwiseOr BitwiseXor BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant
-ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DFT DepthToSpace DequantizeLinear Div Dropout
-DynamicQuantizeLinear Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND
-Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization
-GRU HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If InstanceNormalization IsInf IsNaN
-LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool LRN LSTM MatMul Max
-MaxPool Mean Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
-QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2
-ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape
-Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink
-Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze STFT Sub Sum Tan
-Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
 STANDARD_DOMAINS = ("", "ai.onnx")
 # input index of a shape-like operand, per op
 SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
@@ -53,6 +34,17 @@ SHAPE_OPS = {"Shape", "Size", "Constant", "Gather", "Concat", "Unsqueeze", "Sque
              "Mul", "Div", "Reshape", "Identity", "Max", "Min", "Floor", "Ceil", "Equal", "Where", "ConstantOfShape",
              "ReduceProd", "Neg"}
 
+
+@dataclass(frozen=True)
+class Rules:
+    """What one runtime's ONNX parser accepts."""
+
+    parser: str  # named in messages, e.g. "TensorRT's ONNX parser"
+    supported_ops: frozenset[str]
+    refused: Mapping[str, str] = field(default_factory=dict)  # op -> why it is an error
+    warned: Mapping[str, str] = field(default_factory=dict)  # op -> why it is a warning
+    max_topk: Optional[int] = None
+    int64_io: Optional[str] = None  # why INT64 graph I/O is a hazard, if it is one
 
 @dataclass(frozen=True)
 class Finding:
@@ -65,14 +57,18 @@ class Finding:
         return f"{self.severity}: node {self.node!r} ({self.op}): {self.message}"
 
 
-class LintError(RuntimeError):
-    def __init__(self, graph: str, runtime: str, findings: list[Finding]) -> None:
+class LintError(GlueforgeError):
+    """A graph has ops or shapes the target runtime's parser refuses."""
+
+    def __init__(self, graph: str, rules: Rules, findings: list[Finding]) -> None:
         self.findings = findings
         errors = [f for f in findings if f.severity == "error"]
-        super().__init__(f"{graph}: {len(errors)} problem(s) for {runtime}:\n" + "\n".join(f"  {f}" for f in errors))
+        super().__init__(f"{graph}: {len(errors)} problem(s) for {rules.parser}:\n" + "\n".join(f"  {f}" for f in errors))
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def _constants(model) -> dict[str, Any]:
+    from onnx import numpy_helper
+
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -82,7 +78,7 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _shape_like(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> set[str]:
+def _shape_like(model, constants: dict[str, Any]) -> set[str]:
     """Tensors computed only from shapes and constants (TensorRT's build-time shape tensors)."""
     known = set(constants)
     for node in model.graph.node:  # nodes are topologically sorted in a valid ONNX graph
@@ -93,7 +89,11 @@ def _shape_like(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -> set
     return known
 
 
-def lint(model: onnx.ModelProto, runtime: str, tensorrt_version: str | None = None) -> list[Finding]:
+def lint(model, rules: Rules) -> list[Finding]:
+    """Findings of ``model`` (an ``onnx.ModelProto``) against ``rules``."""
+    import numpy as np
+    import onnx
+
     findings: list[Finding] = []
     constants = _constants(model)
     shape_like = _shape_like(model, constants)
@@ -101,50 +101,66 @@ def lint(model: onnx.ModelProto, runtime: str, tensorrt_version: str | None = No
         name, op = node.name or node.output[0], node.op_type
         if node.domain not in STANDARD_DOMAINS:
             findings.append(Finding("error", name, f"{node.domain}.{op}",
-                                    f"op of domain {node.domain!r} (onnxruntime-only or custom); TensorRT's ONNX parser has no importer for it"))
+                                    f"op of domain {node.domain!r} (onnxruntime-only or custom); {rules.parser} has no importer for it"))
             continue
-        if op not in TENSORRT_OPS:
-            findings.append(Finding("error", name, op, "not supported by TensorRT's ONNX parser (onnx-tensorrt operators.md)"))
-        if op == "NonZero":
-            if runtime == "tensorrt_rtx":
-                findings.append(Finding("error", name, op, "TensorRT-RTX has no NonZero importer (its plugin creator is not shipped); "
-                                                           "use the dense match outputs"))
-            else:
-                findings.append(Finding("warning", name, op, "data-dependent output shape: needs an IOutputAllocator at run time"))
+        if op not in rules.supported_ops:
+            findings.append(Finding("error", name, op, f"not supported by {rules.parser}"))
+        if op in rules.refused:
+            findings.append(Finding("error", name, op, rules.refused[op]))
+        elif op in rules.warned:
+            findings.append(Finding("warning", name, op, rules.warned[op]))
         if op == "TopK":
             k = constants.get(node.input[1])
             if k is None:
-                findings.append(Finding("error", name, op, "K is computed at run time; TensorRT needs K known when the engine is built"))
-            elif int(np.asarray(k).reshape(-1)[0]) > TENSORRT_MAX_TOPK:
-                findings.append(Finding("error", name, op, f"K = {int(np.asarray(k).reshape(-1)[0])} exceeds TensorRT's TopK limit of {TENSORRT_MAX_TOPK}"))
+                findings.append(Finding("error", name, op, "K is computed at run time; the builder needs K known when the engine is built"))
+            elif rules.max_topk is not None and int(np.asarray(k).reshape(-1)[0]) > rules.max_topk:
+                findings.append(Finding("error", name, op, f"K = {int(np.asarray(k).reshape(-1)[0])} exceeds the TopK limit of "
+                                                           f"{rules.max_topk} of {rules.parser}"))
         for index in SHAPE_INPUTS.get(op, ()):
             if index < len(node.input) and node.input[index] and node.input[index] not in shape_like:
                 if op == "TopK":
                     continue  # reported above
                 findings.append(Finding("warning", name, op, f"shape input {node.input[index]!r} is computed from tensor values, "
                                                              "not from shapes and constants: a data-dependent shape tensor"))
-    if tensorrt_version and Version(tensorrt_version) < Version("10"):
+    if rules.int64_io:
         for value in [*model.graph.input, *model.graph.output]:
             if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-                findings.append(Finding("warning", value.name, "graph I/O", f"INT64 I/O: TensorRT {tensorrt_version} casts INT64 down to INT32"))
+                findings.append(Finding("warning", value.name, "graph I/O", rules.int64_io))
     return findings
 
 
-def check(model: onnx.ModelProto, graph: str, runtime: str, tensorrt_version: str | None = None) -> list[Finding]:
+def check(model, graph: str, rules: Rules) -> list[Finding]:
     """Lint; raise :class:`LintError` if any finding is an error, return the warnings otherwise."""
-    findings = lint(model, runtime, tensorrt_version)
+    findings = lint(model, rules)
     if any(f.severity == "error" for f in findings):
-        raise LintError(graph, runtime, findings)
+        raise LintError(graph, rules, findings)
     return findings
+
+
+def rules_of(runtime: str, version: Optional[str] = None) -> Rules:
+    """The lint rules of a runtime module (``lint_rules(version)``)."""
+    from glueforge import registry
+
+    module = registry.runtime(runtime)
+    if not hasattr(module, "lint_rules"):
+        raise GlueforgeError(f"runtime {runtime!r} has no pre-build lint")
+    return module.lint_rules(version)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glueforge.lint", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("--runtime", choices=("tensorrt", "tensorrt_rtx"), default="tensorrt")
-    parser.add_argument("--tensorrt-version")
+    parser.add_argument("--runtime", required=True, help="a runtime with a pre-build lint, e.g. tensorrt")
+    parser.add_argument("--version", help="the runtime release the engine is built with, e.g. 10.3")
     args = parser.parse_args(argv)
-    findings = lint(onnx.load(str(args.model), load_external_data=False), args.runtime, args.tensorrt_version)
+    try:
+        rules = rules_of(args.runtime, args.version)
+    except GlueforgeError as e:
+        print(f"glueforge: {e}", file=sys.stderr)
+        return 2
+    import onnx
+
+    findings = lint(onnx.load(str(args.model), load_external_data=False), rules)
     for finding in findings:
         print(finding)
     return 1 if any(f.severity == "error" for f in findings) else 0

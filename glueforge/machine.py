@@ -1,5 +1,8 @@
-"""What the running machine has: TensorRT release, GPU compute capability. Standard library only,
-so that pulling a bundle needs nothing more than boto3 and PyYAML."""
+"""What the running machine has: installed package versions, the GPU's compute capability.
+
+Standard library and packaging only, so that pulling a bundle needs nothing more than the
+pull-only install.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from glueforge import GlueforgeError
 
 
 def compute_capability() -> str | None:
@@ -34,9 +39,33 @@ def package_version(*names: str) -> str | None:
     return None
 
 
-def runtime_version(runtime: str) -> str | None:
-    return {
-        "onnxruntime": lambda: package_version("onnxruntime", "onnxruntime-gpu"),
-        "tensorrt": lambda: package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean"),
-        "tensorrt_rtx": lambda: package_version("tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt-rtx"),
-    }[runtime]()
+def pinned_versions() -> dict[str, str]:
+    """Exact pins (``name==X``) of glueforge's requirements."""
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for text in metadata.requires("glueforge") or []:
+        requirement = Requirement(text)
+        exact = [s.version for s in requirement.specifier if s.operator == "=="]
+        if exact:
+            pins[requirement.name.lower()] = exact[0]
+    return pins
+
+
+def tool_versions(*packages: str) -> dict[str, str]:
+    """Installed versions; a pinned tool that is not installed counts at its pin, so that a
+    runner without it (a Jetson without torch) computes the same keys and takes the results
+    of the stages it cannot run from the remote cache. Local version labels (``+cpu``) are
+    dropped: they name the build of a wheel, not what it computes."""
+    from packaging.version import Version
+
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = Version(metadata.version(name)).public  # 2.13.0+cpu exports as 2.13.0 does
+        except metadata.PackageNotFoundError:
+            pin = pinned_versions().get(name.lower())
+            if pin is None:
+                raise GlueforgeError(f"{name} is not installed and glueforge does not pin it") from None
+            versions[name] = pin
+    return versions

@@ -11,7 +11,6 @@ by an interrupted pull are kept, so running it again completes the bundle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from glueforge import GlueforgeError, machine
+from glueforge import GlueforgeError, registry
+from glueforge.files import atomic_file, sha256_file
 from glueforge.store import MANIFEST, Store, read_manifest, same_files
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,6 @@ log = logging.getLogger(__name__)
 
 class PullError(GlueforgeError):
     """The requested bundle does not exist, does not verify, or does not fit this machine."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve(store: Store, model: str, target: str, version: str | None = None, channel: str | None = None) -> str:
@@ -67,25 +59,11 @@ def resolve(store: Store, model: str, target: str, version: str | None = None, c
 
 
 def check_compatibility(manifest: dict[str, Any]) -> None:
-    """Refuse a bundle whose runtime release or compute capability this machine does not have."""
-    runtime = manifest["runtime"]
-    kind = runtime["runtime"]
-    installed = machine.runtime_version(kind)
-    if kind == "onnxruntime":
-        if installed is None:
-            raise PullError(f"{manifest['model']} {manifest['version']} for {manifest['target']} needs onnxruntime "
-                            f"(built with {runtime.get('onnxruntime')}); this machine has none")
-        return
-    wanted = runtime.get("tensorrt") if kind == "tensorrt" else runtime.get("tensorrt_rtx")
-    wanted_cc = runtime.get("compute_capability") or []
-    cc = machine.compute_capability()
-    same_release = installed is not None and wanted is not None and Version(installed).release[:2] == Version(wanted).release[:2]
-    if not same_release or cc not in wanted_cc:
-        raise PullError(
-            f"{manifest['model']} {manifest['version']} for {manifest['target']} needs {kind} {wanted} on compute "
-            f"capability {', '.join(wanted_cc) or '?'}; this machine has {kind} {installed or 'not installed'} on "
-            f"compute capability {cc or 'unknown (no GPU found)'}"
-        )
+    """Refuse a bundle whose runtime release or device this machine does not have (its runtime module decides)."""
+    try:
+        registry.runtime(manifest["runtime"]["runtime"]).check_compatibility(manifest)
+    except GlueforgeError as e:
+        raise PullError(str(e)) from None
 
 
 def pull(
@@ -113,17 +91,14 @@ def pull(
     staging.mkdir(parents=True, exist_ok=True)
     for name, entry in manifest["files"].items():
         path = staging / name
-        if path.is_file() and _sha256(path) == entry["sha256"]:
+        if path.is_file() and sha256_file(path) == entry["sha256"]:
             continue  # verified by an earlier, interrupted pull
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_name(path.name + ".part")
-        store.fetch_file(manifest, name, part)
-        got = _sha256(part)
-        if got != entry["sha256"]:
-            part.unlink(missing_ok=True)
-            raise PullError(f"{store}: {model} {resolved} for {target}: {name} has sha256 {got}, the manifest says "
-                            f"{entry['sha256']}; the store copy is corrupt or was altered; nothing was installed")
-        os.replace(part, path)
+        with atomic_file(path) as part:  # in place only once verified
+            store.fetch_file(manifest, name, part)
+            got = sha256_file(part)
+            if got != entry["sha256"]:
+                raise PullError(f"{store}: {model} {resolved} for {target}: {name} has sha256 {got}, the manifest says "
+                                f"{entry['sha256']}; the store copy is corrupt or was altered; nothing was installed")
     # an interrupted download leaves its temporary file (s3transfer's "<name>.<random>") behind
     for leftover in [p for p in staging.rglob("*") if p.is_file() and p.relative_to(staging).as_posix() not in manifest["files"]]:
         leftover.unlink()
@@ -131,10 +106,10 @@ def pull(
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         shutil.rmtree(final)
-    os.rename(staging, final)
+    os.rename(staging, final)  # one rename installs the verified bundle
     log.info("installed %s %s for %s at %s", model, resolved, target, final)
     return final
 
 
 def _verified(bundle: Path, manifest: dict[str, Any]) -> bool:
-    return all((bundle / n).is_file() and _sha256(bundle / n) == e["sha256"] for n, e in manifest["files"].items())
+    return all((bundle / n).is_file() and sha256_file(bundle / n) == e["sha256"] for n, e in manifest["files"].items())

@@ -23,11 +23,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from glueforge import GlueforgeError
+from glueforge.files import atomic_directory, write_atomic
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -120,23 +120,15 @@ class LocalStore(Store):
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():  # a directory without a manifest is a leftover of an interrupted copy
                 shutil.rmtree(dest)
-            tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-            try:
+            with atomic_directory(dest) as tmp:
                 for name in manifest["files"]:
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(staged / name, tmp / name)
-                shutil.copyfile(staged / MANIFEST, tmp / MANIFEST)
-                os.rename(tmp, dest)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                shutil.copyfile(staged / MANIFEST, tmp / MANIFEST)  # the manifest last
             log.info("published %s to %s", _identity(manifest), dest)
         for name in channels:
             pointer = self.root / ".channels" / manifest["model"] / manifest["target"] / f"{name}.json"
-            pointer.parent.mkdir(parents=True, exist_ok=True)
-            tmp_pointer = pointer.with_suffix(".tmp")
-            tmp_pointer.write_text(json.dumps({"version": manifest["version"]}))
-            os.replace(tmp_pointer, pointer)
+            write_atomic(pointer, json.dumps({"version": manifest["version"]}))
         return dest
 
 

@@ -7,14 +7,30 @@ date is decided by its action key (content), not by file times.
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 from doit.exceptions import TaskFailed
 
-from glueforge import GlueforgeError
+from glueforge import PROJECT_ROOT, GlueforgeError
+from glueforge.log import configure_logging
 from glueforge.pipeline import Pipeline
 
 log = logging.getLogger("glueforge")
+
+
+def load_plan(target: str, models: str | None, root: Path | None = None, **options) -> "Plan":
+    """Load models.yaml from ``root`` and select ``target`` and ``models``; exit with the error on failure."""
+    configure_logging()
+    root = Path(root or Path.cwd())
+    if not (root / "models.yaml").is_file():
+        root = PROJECT_ROOT
+    try:
+        return Plan(Pipeline.load(root), target, models, **options)
+    except GlueforgeError as e:
+        print(f"glueforge: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class Plan:
@@ -78,7 +94,7 @@ class Plan:
             if stage == "export":
                 deps = [f"fetch:{w}" for w in self.pipeline.weight_names(model).values()]
             else:
-                deps = [f"{self.pipeline._upstream(stage)}:{self._name(model)}"]
+                deps = [f"{need}:{self._name(model)}" for need in self.pipeline.needs(stage, self.pipeline.job(model, self.target))]
             yield {
                 "name": self._name(model),
                 "doc": f"{stage} {model} for target {self.target}",

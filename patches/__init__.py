@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterable, Union
 
-from torch import nn
+from glueforge import GlueforgeError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PATCH_DIR = Path(__file__).resolve().parent
 
 
-class PatchError(RuntimeError):
+class PatchError(GlueforgeError):
     """A patch is unknown or matched nothing in the model it was applied to."""
 
 
@@ -48,10 +52,15 @@ def patch_module(name: str):
     return importlib.import_module(f"patches.{name}")
 
 
-def apply_patches(model: nn.Module, names: Iterable[str], settings: Any) -> nn.Module:
-    """Apply the named patches in order; every one must replace at least one module."""
-    for name in names:
-        count = patch_module(name).apply(model, settings)
+def apply_patches(model: nn.Module, patches: Iterable[Union[ModuleType, str]], settings: Any) -> nn.Module:
+    """Apply patches (modules, or their names) in order; every one must replace at least one module.
+
+    Family modules import their patch modules and pass them here, so the import graph, and with
+    it each stage's code identity, shows which patches a model uses.
+    """
+    for patch in patches:
+        module = patch_module(patch) if isinstance(patch, str) else patch
+        count = module.apply(model, settings)
         if count == 0:
-            raise PatchError(f"patch {name!r} matched no module in {type(model).__name__}")
+            raise PatchError(f"patch {module.__name__.rpartition('.')[2]!r} matched no module in {type(model).__name__}")
     return model

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporters.graphs import Models
+from glueforge.graphs import Models
 from glueforge.config import Config
-from glueforge.fetch import sha256_file, weight_path
+from glueforge.fetch import weight_path
+from glueforge.files import sha256_file
 from validation.parity import bundle_parity, table
 
 from tests.project import REPO, clone_project, doit

@@ -15,7 +15,8 @@ from typing import Callable
 import pytest
 import yaml
 
-from glueforge.config import TENSORRT_MAX_TOPK, Config, ConfigError
+from glueforge.config import Config, ConfigError
+from runtimes.tensorrt import MAX_TOPK as TENSORRT_MAX_TOPK
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_YAML = REPO / "models.yaml"
@@ -206,6 +207,8 @@ def test_large_model_keypoints_allowed_when_tensorrt_target_overrides(base, tmp_
 def test_tensorrt_rtx_runtime_also_limited(base, tmp_path):
     def mutate(d):
         d["targets"]["orin_nano"]["runtime"] = "tensorrt_rtx"
+        for key in ("builder", "tensorrt_version", "cuda_version", "jetpack", "builder_optimization_level"):
+            d["targets"]["orin_nano"].pop(key)  # TensorRT's own settings: an RTX target refuses them
         d["targets"]["orin_nano"]["compute_capability"] = ["8.6"]
         d["targets"]["orin_nano"]["keypoints"] = 4096
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from glueforge.config import Weight
-from glueforge.fetch import FetchError, fetch, sha256_file, weight_path
+from glueforge.fetch import FetchError, fetch, weight_path
+from glueforge.files import sha256_file
 
 PAYLOAD = bytes(range(256)) * 4096 + b"glueforge"  # ~1 MiB, not a multiple of the copy chunk
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from glueforge.lint import LintError, check, lint, main
+from glueforge.lint import LintError, check, lint, main, rules_of
 
 
 def graph(nodes, inputs, outputs, initializers=(), opsets=(("", 17),)):
@@ -26,9 +26,9 @@ def scores_topk(k: int) -> onnx.ModelProto:
 
 def test_topk_above_3840_is_an_error_naming_the_node():
     with pytest.raises(LintError) as err:
-        check(scores_topk(4096), "end2end", "tensorrt")
+        check(scores_topk(4096), "end2end", rules_of("tensorrt"))
     assert "node '/extractor/dkd/TopK' (TopK)" in str(err.value) and "4096" in str(err.value) and "3840" in str(err.value)
-    assert lint(scores_topk(3840), "tensorrt") == []
+    assert lint(scores_topk(3840), rules_of("tensorrt")) == []
 
 
 def test_onnxruntime_only_op_is_an_error_naming_the_node():
@@ -40,7 +40,7 @@ def test_onnxruntime_only_op_is_an_error_naming_the_node():
         opsets=(("", 17), ("com.microsoft", 1)),
     )
     with pytest.raises(LintError) as err:
-        check(model, "matcher", "tensorrt_rtx")
+        check(model, "matcher", rules_of("tensorrt_rtx"))
     assert "node '/matcher/attn/MultiHeadAttention' (com.microsoft.MultiHeadAttention)" in str(err.value)
 
 
@@ -50,8 +50,8 @@ def test_nonzero_is_an_error_for_tensorrt_rtx_and_a_warning_for_tensorrt():
         [helper.make_tensor_value_info("x", TensorProto.BOOL, [1, 1024])],
         [helper.make_tensor_value_info("y", TensorProto.INT64, [2, None])],
     )
-    assert [f.severity for f in lint(model, "tensorrt_rtx")] == ["error"]
-    assert [f.severity for f in lint(model, "tensorrt")] == ["warning"]
+    assert [f.severity for f in lint(model, rules_of("tensorrt_rtx"))] == ["error"]
+    assert [f.severity for f in lint(model, rules_of("tensorrt"))] == ["warning"]
 
 
 def test_unsupported_op_is_an_error():
@@ -60,7 +60,7 @@ def test_unsupported_op_is_an_error():
         [helper.make_tensor_value_info("x", TensorProto.STRING, [3])],
         [helper.make_tensor_value_info("y", TensorProto.STRING, [3])],
     )
-    assert [str(f) for f in lint(model, "tensorrt")] == [
+    assert [str(f) for f in lint(model, rules_of("tensorrt"))] == [
         "error: node 'strings' (StringNormalizer): not supported by TensorRT's ONNX parser (onnx-tensorrt operators.md)"
     ]
 
@@ -77,15 +77,15 @@ def test_data_dependent_shape_tensor_is_a_warning():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None), helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
     )
-    findings = lint(model, "tensorrt")
+    findings = lint(model, rules_of("tensorrt"))
     assert [(f.severity, f.node) for f in findings] == [("warning", "/reshape_by_value")]
     assert "data-dependent shape tensor" in findings[0].message
 
 
 def test_int64_io_before_tensorrt_10_is_a_warning():
     model = scores_topk(1024)
-    assert lint(model, "tensorrt", "10.3") == []
-    assert [f.node for f in lint(model, "tensorrt", "8.6")] == ["indices"]
+    assert lint(model, rules_of("tensorrt", "10.3")) == []
+    assert [f.node for f in lint(model, rules_of("tensorrt", "8.6"))] == ["indices"]
 
 
 def test_command_line_exit_code(tmp_path, capsys):
@@ -94,4 +94,4 @@ def test_command_line_exit_code(tmp_path, capsys):
     assert main([str(path), "--runtime", "tensorrt"]) == 1
     assert "/extractor/dkd/TopK" in capsys.readouterr().out
     onnx.save(scores_topk(1024), str(path))
-    assert main([str(path)]) == 0
+    assert main([str(path), "--runtime", "tensorrt"]) == 0

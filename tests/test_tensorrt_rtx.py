@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from glueforge.fetch import sha256_file
+from glueforge.files import sha256_file
 from validation.parity import bundle_parity, table
 
 from tests.project import clone_project, doit

@@ -1,7 +1,7 @@
 """Validation and parity images, prepared exactly as the manifest tells callers to.
 
-Preprocessing (recorded in every manifest): decode, convert to RGB (grey images repeated to
-three channels), resize to the graph's W x H with bilinear filtering, float32 in [0, 1],
+Preprocessing (recorded in every manifest): decode, convert to the extractor family's colour
+(RGB, or grey "L"), resize to the graph's W x H with bilinear filtering, float32 in [0, 1],
 channels first. Pairs are interleaved: image 0 of pair b at 2b, image 1 at 2b + 1.
 
 The default validation pair is scikit-image's stereo motorcycle (Middlebury), which ships
@@ -11,41 +11,50 @@ with the package, so a fresh machine validates without ../shared.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
-
-PREPROCESSING = {
-    "colour": "RGB (grey repeated to 3 channels)",
-    "resize": "bilinear to the graph's width x height",
-    "dtype": "float32",
-    "scale": "pixel / 255, range [0, 1]",
-    "normalisation": "none",
-    "layout": "NCHW, pairs interleaved (2b, 2b + 1)",
-}
 
 
-def prepare(image: Image.Image | np.ndarray, size_hw: tuple[int, int] | list[int]) -> np.ndarray:
-    """One image -> float32 (3, H, W) in [0, 1]."""
+def preprocessing(colour: str, channels: int) -> dict[str, str]:
+    """What a caller does to an image before the graph, for the manifest."""
+    described = {"RGB": "RGB (grey repeated to 3 channels)", "L": "grey (luminance, 1 channel)"}[colour]
+    return {
+        "colour": described,
+        "channels": str(channels),
+        "resize": "bilinear to the graph's width x height",
+        "dtype": "float32",
+        "scale": "pixel / 255, range [0, 1]",
+        "normalisation": "none",
+        "layout": "NCHW, pairs interleaved (2b, 2b + 1)",
+    }
+
+
+def prepare(image: Any, size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> np.ndarray:
+    """One image (PIL or numpy) -> float32 (C, H, W) in [0, 1], C = 3 for RGB and 1 for grey."""
+    from PIL import Image
+
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     h, w = size_hw
-    rgb = image.convert("RGB").resize((int(w), int(h)), Image.BILINEAR)
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    resized = np.asarray(image.convert(colour).resize((int(w), int(h)), Image.BILINEAR), dtype=np.float32) / 255.0
+    chw = resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)
+    return np.ascontiguousarray(chw)
 
 
-def load(path: Path, size_hw: tuple[int, int] | list[int]) -> np.ndarray:
+def load(path: Path, size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> np.ndarray:
+    from PIL import Image
+
     with Image.open(path) as image:
-        return prepare(image, size_hw)
+        return prepare(image, size_hw, colour)
 
 
-def default_pairs(size_hw: tuple[int, int] | list[int]) -> np.ndarray:
-    """The embedded validation pairs, interleaved: (2P, 3, H, W)."""
+def default_pairs(size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> np.ndarray:
+    """The embedded validation pairs, interleaved: (2P, C, H, W)."""
     from skimage.data import stereo_motorcycle
 
     left, right, _ = stereo_motorcycle()
-    return np.stack([prepare(left, size_hw), prepare(right, size_hw)])
+    return np.stack([prepare(left, size_hw, colour), prepare(right, size_hw, colour)])
 
 
 def shared_pairs(data_dir: Path) -> Iterator[tuple[str, Path, Path]]:

@@ -43,6 +43,20 @@ def match_recall(reference: np.ndarray, candidate: np.ndarray, corr0: np.ndarray
     return hits / len(reference)
 
 
+def matches_of_pair(outputs: dict[str, np.ndarray], pair: int) -> np.ndarray:
+    """The matches (S, 2) of one pair from a graph's outputs, in either form the graphs have.
+
+    ``matches`` (M, 3) rows (pair, index in image 0, index in image 1), or the dense
+    ``matches0`` (B, K): the index in image 1 of each keypoint of image 0, -1 for none.
+    """
+    if "matches0" in outputs:
+        row = outputs["matches0"][pair]
+        index0 = np.nonzero(row > -1)[0]
+        return np.stack([index0, row[index0]], axis=1).astype(np.int64)
+    matches = outputs["matches"]
+    return matches[matches[:, 0] == pair][:, 1:]
+
+
 def pair_metrics(
     ref: tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray],
     cand: tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray],

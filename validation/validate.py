@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from glueforge import GlueforgeError
-from glueforge.config import Target
-from validation.metrics import mutual_nearest, pair_metrics
+from glueforge.schema import TargetSpec as Target
+from validation.metrics import matches_of_pair, mutual_nearest, pair_metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,6 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 def _split(flat: Mapping[str, np.ndarray], graph: str) -> dict[str, np.ndarray]:
     prefix = f"{graph}/"
     return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
-
-
-def onnxruntime_runner(make_session: Callable[[], Any]) -> Callable[[str], Any]:
-    """A polygraphy runner factory for an onnxruntime session factory."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    return lambda name: OnnxrtRunner(make_session, name=name)
-
-
-def tensorrt_runner(engine: Path) -> Callable[[str], Any]:
-    """A polygraphy runner factory for a serialized TensorRT engine (needs TensorRT and its GPU)."""
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-    return lambda name: TrtRunner(EngineFromBytes(BytesFromPath(str(engine))), name=name)
 
 
 def run_graph(make_runner: Callable[[str], Any], feed: dict[str, np.ndarray], name: str):
@@ -126,23 +111,11 @@ def _features(outputs: dict[str, np.ndarray], image: int) -> dict[str, np.ndarra
     return feature
 
 
-def _pair_matches(matches: np.ndarray, pair: int) -> np.ndarray:
-    return matches[matches[:, 0] == pair][:, 1:]
-
-
-def dense_to_list(matches0: np.ndarray) -> np.ndarray:
-    """``matches0`` (B, K) with -1 for none -> matches (M, 3): pair, index in image 0, index in image 1."""
-    pair, index0 = np.nonzero(matches0 > -1)
-    return np.stack([pair, index0, matches0[pair, index0]], axis=1).astype(np.int64)
-
-
 def task_metrics(
     graph: str, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]
 ) -> dict[str, float]:
     """Worst task metrics over the validation pairs of one graph against kornia."""
     features = {**inputs, **outputs}  # the matcher graph takes its keypoints as an input
-    if "matches0" in features:  # dense outputs of TensorRT targets
-        features["matches"] = dense_to_list(features["matches0"])
     n_images = features["keypoints"].shape[0]
     per_pair = []
     for pair in range(n_images // 2):
@@ -153,7 +126,7 @@ def task_metrics(
             ref_matches = cand_matches = np.zeros((0, 2), dtype=np.int64)
         else:
             ref_matches = reference[f"pairs/{pair}/matches"]
-            cand_matches = _pair_matches(features["matches"], pair)
+            cand_matches = matches_of_pair(features, pair)
         per_pair.append(
             pair_metrics((ref[0], ref[1], ref_matches), (_features(features, 2 * pair), _features(features, 2 * pair + 1), cand_matches))
         )
@@ -179,7 +152,7 @@ def validate(
     engines: Mapping[str, Callable[[str], Any]], export_dir: Path, target_name: str, target: Target
 ) -> dict[str, Any]:
     """Validate every graph; ``engines`` maps a graph name to a polygraphy runner factory
-    (:func:`onnxruntime_runner`, :func:`tensorrt_runner`)."""
+    (``name -> runner``, a runtime module's ``runner``)."""
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
@@ -199,7 +172,7 @@ def validate(
         "passed": all(g["passed"] for g in graphs.values()),
         "target": target_name,
         "golden": "patched PyTorch model (the exported code), same inputs",
-        "reference": "kornia (unpatched upstream model), same weights and keypoint count",
+        "reference": "the unpatched upstream model (kornia), same weights and keypoint count",
         "thresholds": target.thresholds.model_dump(),
         "measured_on": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                         "system": platform.system(), "python": platform.python_version()},

@@ -1,4 +1,4 @@
-"""The exported graphs and the kornia reference pipeline they are measured against.
+"""The exported graphs, built from any extractor and matcher family, and the upstream reference.
 
 Interface (DESIGN.md, "Model interface"), the convention LightGlue-ONNX users know:
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters import family
+from glueforge import registry
 
 GRAPHS = ("end2end", "extractor", "matcher")
 
@@ -89,7 +89,7 @@ def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[
     k = spec.keypoints
     images = TensorSpec("images", "float32", ("2B" if name == "end2end" else "N", channels, h, w))
     keypoints_pairs = TensorSpec("keypoints", "float32", ("2B", k, 2))
-    if getattr(spec, "match_output", "list") == "dense":
+    if spec.match_output == "dense":
         matches = [TensorSpec("matches0", "int64", ("B", k)), TensorSpec("mscores0", "float32", ("B", k))]
     else:
         matches = [TensorSpec("matches", "int64", ("M", 3)), TensorSpec("mscores", "float32", ("M",))]
@@ -107,27 +107,25 @@ def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[
 
 
 class Models:
-    """The patched (exported) and unpatched (reference) models of one model spec."""
+    """The patched (exported) and unpatched (reference) models of one export, through their families."""
 
-    def __init__(self, spec: Any, weights: Mapping[str, Path]) -> None:
-        self.spec = spec
-        self.extractor_family = family(spec.extractor.family)
-        self.matcher_family = family(spec.matcher.family)
-        self.extractor = self.extractor_family.build(weights, spec)
-        self.matcher = self.matcher_family.build(weights, spec)
+    def __init__(self, settings: Any, weights: Mapping[str, Path]) -> None:
+        self.spec = settings
         self._weights = weights
-        self._reference: tuple[nn.Module, nn.Module] | None = None
+        self.extractor = registry.family(settings.extractor.family).build(settings.extractor, weights["extractor"], settings)
+        self.matcher = registry.family(settings.matcher.family).build(settings.matcher, weights["matcher"], settings)
+        self._reference: tuple[Any, Any] | None = None
 
     @property
     def channels(self) -> int:
-        return self.extractor_family.CHANNELS
+        return self.spec.extractor.channels
 
     @property
     def descriptor_dim(self) -> int:
-        return int(self.matcher.conf.input_dim)
+        return self.spec.extractor.descriptor_dim
 
     def graph(self, name: str) -> nn.Module:
-        dense = getattr(self.spec, "match_output", "list") == "dense"
+        dense = self.spec.match_output == "dense"
         if name == "end2end":
             return EndToEndGraph(self.extractor, self.matcher, dense).eval()
         if name == "extractor":
@@ -144,44 +142,22 @@ class Models:
             return keypoints, descriptors
         return (images,)
 
-    # -- the kornia reference, unpatched -----------------------------------------------------
-    def reference(self) -> tuple[nn.Module, nn.Module]:
+    # -- the upstream reference, unpatched ----------------------------------------------------
+    def reference(self) -> tuple[Any, Any]:
+        """``(extract, match)`` of the families' unpatched upstream models."""
         if self._reference is None:
+            s = self.spec
             self._reference = (
-                self.extractor_family.reference(self._weights, self.spec),
-                self.matcher_family.reference(self._weights, self.spec),
+                registry.family(s.extractor.family).reference(s.extractor, self._weights["extractor"], s),
+                registry.family(s.matcher.family).reference(s.matcher, self._weights["matcher"], s),
             )
         return self._reference
 
     @torch.inference_mode()
     def reference_features(self, images: torch.Tensor) -> list[dict[str, np.ndarray]]:
-        """kornia features of each image: keypoints (n, 2) px, scores (n,), descriptors (n, D)."""
-        extractor, _ = self.reference()
-        kwargs = getattr(self.extractor_family, "reference_kwargs", lambda spec: {})(self.spec)
-        features = extractor(images, **kwargs)
-        return [
-            {
-                "keypoints": f.keypoints.numpy(),
-                # ALIKEDFeatures names them keypoint_scores, DISKFeatures detection_scores
-                "scores": (f.keypoint_scores if hasattr(f, "keypoint_scores") else f.detection_scores).numpy(),
-                "descriptors": f.descriptors.numpy(),
-            }
-            for f in features
-        ]
+        """Upstream features of each image: keypoints (n, 2) px, scores (n,), descriptors (n, D)."""
+        return self.reference()[0](images)
 
-    @torch.inference_mode()
     def reference_matches(self, features0: dict[str, np.ndarray], features1: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """kornia LightGlue on one pair of reference features -> matches (S, 2), mscores (S,)."""
-        _, matcher = self.reference()
-        h, w = self.spec.image_size
-        size = torch.tensor([[w, h]], dtype=torch.float32)
-        data = {
-            f"image{i}": {
-                "keypoints": torch.from_numpy(f["keypoints"])[None].float(),
-                "descriptors": torch.from_numpy(f["descriptors"])[None],
-                "image_size": size,
-            }
-            for i, f in enumerate((features0, features1))
-        }
-        out = matcher(data)
-        return {"matches": out["matches"][0].numpy(), "mscores": out["scores"][0].numpy()}
+        """Upstream matcher on one pair of reference features -> matches (S, 2), mscores (S,)."""
+        return self.reference()[1](features0, features1)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
-import onnx
-import onnxsim
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+from typing import Any, Mapping
 
 from glueforge import GlueforgeError
+from glueforge.cache import Result
+from glueforge.stages import Job, Services, Stage, tool_versions
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +22,24 @@ class ShapeError(GlueforgeError):
     """A tensor of the simplified graph has no known shape."""
 
 
+class Simplify(Stage):
+    name = "simplify"
+
+    def needs(self, job: Job, unvalidated: bool) -> tuple[str, ...]:
+        return ("export",)
+
+    def settings(self, services: Services, job: Job) -> dict[str, Any]:
+        return {"tools": tool_versions("onnx", "onnxsim", "onnxruntime")}
+
+    def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
+        return {g: simplify(inputs["export"].file(f"{g}.onnx"), out / f"{g}.onnx") for g in job.graphs}
+
+
 def simplify(source: Path, dest: Path) -> dict[str, Any]:
+    import onnx
+    import onnxsim
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
     model = onnx.load(str(source))
     nodes_before = len(model.graph.node)
     simplified, _ = onnxsim.simplify(model, check_n=0)
@@ -41,7 +56,7 @@ def simplify(source: Path, dest: Path) -> dict[str, Any]:
     return {"nodes_before": nodes_before, "nodes_after": len(inferred.graph.node)}
 
 
-def unknown_shapes(model: onnx.ModelProto) -> list[str]:
+def unknown_shapes(model) -> list[str]:
     """Names of graph outputs and intermediate tensors with an unknown rank or dimension."""
     typed = {v.name: v for v in [*model.graph.value_info, *model.graph.output]}
     produced = [o for n in model.graph.node for o in n.output if o]

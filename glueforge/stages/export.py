@@ -6,7 +6,10 @@ torch (a Jetson runner has none):
 - ``inputs.npz``: the validation inputs of every graph (preprocessed images, and the
   extractor outputs that feed the matcher-only graph);
 - ``golden.npz``: the patched PyTorch model's outputs on them (exactly what was exported);
-- ``reference.npz``: kornia's unpatched model on the same images (the task reference).
+- ``reference.npz``: the family's unpatched upstream model on the same images (the task reference).
+
+Code identity: this module and the extractor and matcher family modules, with everything
+they import (their patches included).
 """
 
 from __future__ import annotations
@@ -17,21 +20,45 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-import torch
-
-from exporters.graphs import Models, graph_io
+from glueforge.cache import Result
 from glueforge.config import ExportSettings
-from validation.images import PREPROCESSING, default_pairs
+from glueforge.stages import Job, Services, Stage, tool_versions
+from validation.images import default_pairs, preprocessing
 
 log = logging.getLogger(__name__)
 
 
+class Export(Stage):
+    name = "export"
+
+    def modules(self, job: Job) -> list[str]:
+        return [__name__, *(family.__name__ for family in job.families)]
+
+    def settings(self, services: Services, job: Job) -> dict[str, Any]:
+        weights = job.config.project.weights
+        return {
+            "weights": {role: weights[name].sha256 for role, name in job.weight_names().items()},
+            "settings": job.settings.payload(),
+            # the validation inputs it also records are data for the validate stage, whose key has their digests
+            "tools": tool_versions("torch", "kornia", "onnx"),
+        }
+
+    def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
+        weights = {role: services.fetch(name) for role, name in job.weight_names().items()}
+        return export(job.settings, weights, out)
+
+
 def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> dict[str, Any]:
     """Export ``settings.graphs`` into ``out``; return the stage metadata."""
+    import numpy as np
+    import torch
+
+    from glueforge.graphs import Models, graph_io
+
     torch.manual_seed(0)
     models = Models(settings, weights)
-    images = torch.from_numpy(default_pairs(settings.image_size))
+    extractor = settings.extractor
+    images = torch.from_numpy(default_pairs(settings.image_size, extractor.colour))
     inputs: dict[str, np.ndarray] = {}
     golden: dict[str, np.ndarray] = {}
     io: dict[str, Any] = {}
@@ -66,15 +93,15 @@ def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
     np.savez(out / "inputs.npz", **inputs)
     np.savez(out / "golden.npz", **golden)
     np.savez(out / "reference.npz", **reference)
-    (out / "io.json").write_text(json.dumps({"graphs": io, "preprocessing": PREPROCESSING}, indent=1))
+    (out / "io.json").write_text(json.dumps({"graphs": io, "preprocessing": preprocessing(extractor.colour, extractor.channels)}, indent=1))
     return {"graphs": list(settings.graphs), "validation_pairs": int(images.shape[0] // 2),
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)"}
 
 
-def reference_outputs(models: Models, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """kornia's features of every image and matches of every pair, flattened to npz keys."""
+def reference_outputs(models, images) -> dict[str, Any]:
+    """The upstream reference's features of every image and matches of every pair, flattened to npz keys."""
     features = models.reference_features(images)
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for i, f in enumerate(features):
         for name, value in f.items():
             out[f"features/{i}/{name}"] = value

@@ -1,33 +1,22 @@
-"""fuse: the simplified ONNX -> the graph a target's runtime builds from.
+"""FP16 graphs with FP32 islands, for runtimes that build FP16 engines.
 
-- onnxruntime targets: attention fusion into ``com.microsoft`` ops (``glueforge/attention.py``).
-- TensorRT targets: standard ONNX ops only, checked by the pre-build lint
-  (``glueforge/lint.py``); LayerNormalization stays one op (opset >= 17).
-  - ``tensorrt_rtx`` builds strongly typed networks only, so FP16 is in the graph: weights
-    and activations become float16 except the FP32 islands below, with Casts at their
-    borders (onnxruntime's float16 converter). Inputs and outputs keep their types.
-  - ``tensorrt`` keeps the FP32 graph; the engine is built with the FP16 flag and the
-    islands' layers are pinned to FP32 by precision constraints (listed in the metadata).
+Two ways to use the islands: a strongly typed runtime takes :func:`to_fp16`'s graph, where
+weights and activations are float16 except the islands, with Casts at their borders
+(onnxruntime's float16 converter; inputs and outputs keep their types); a weakly typed
+runtime keeps the FP32 graph and pins the :func:`fp32_islands` layers to FP32 with precision
+constraints.
 
 FP32 islands: normalisation (LayerNormalization, InstanceNormalization, the descriptor norm),
 softmax and log-softmax of attention and assignment, exponentials and logarithms of the
 assignment and the soft-argmax, TopK, GridSample and Resize, and every node on the path
 from a TopK to the ``keypoints`` output (keypoint coordinates: FP16 has a 0.5 px step at
-640 px). None of them is a GEMM, as TensorRT-RTX cannot compile FP32 GEMMs for Turing.
+640 px). None of them is a GEMM: some FP16 targets cannot run an FP32 GEMM at all (Turing under
+TensorRT-RTX).
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Any
-
 import onnx
-
-from glueforge.config import TENSORRT_RUNTIMES, Target
-from glueforge.lint import check
-
-log = logging.getLogger(__name__)
 
 FP32_ISLAND_OPS = (
     "LayerNormalization", "InstanceNormalization", "Softmax", "LogSoftmax", "Log", "Softplus", "Exp", "Sigmoid", "ReduceL2", "ReduceMax",
@@ -87,29 +76,3 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     del converted.graph.node[:]
     converted.graph.node.extend(nodes)
     return gs.export_onnx(gs.import_onnx(converted).toposort())
-
-
-def fuse(source: Path, dest: Path, graph: str, target: Target) -> dict[str, Any]:
-    model = onnx.load(str(source))
-    if target.runtime not in TENSORRT_RUNTIMES:
-        from glueforge.attention import fuse_attention
-
-        fused, count = fuse_attention(model)
-        onnx.save(fused, str(dest))
-        return {"attention_fused": count}
-    warnings = check(model, graph, target.runtime, target.tensorrt_version)
-    for finding in warnings:
-        log.warning("lint %s: %s", graph, finding)
-    meta: dict[str, Any] = {"lint_warnings": [str(f) for f in warnings]}
-    islands = fp32_islands(model)
-    if target.precision == "fp16" and target.runtime == "tensorrt_rtx":
-        model = to_fp16(model)
-        onnx.checker.check_model(model)
-        meta["precision"] = "fp16 graph with fp32 islands"
-    elif target.precision == "fp16":
-        meta["precision"] = "fp32 graph; fp16 builder flag with fp32 precision constraints"
-    meta["fp32_layers"] = islands
-    check(model, graph, target.runtime, target.tensorrt_version)
-    onnx.save(model, str(dest))
-    log.info("fuse %s for %s: %d fp32 island nodes", graph, target.runtime, len(islands))
-    return meta

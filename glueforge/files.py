@@ -1,0 +1,71 @@
+"""Files written whole or not at all, and their digests: the one implementation of each.
+
+Every writer in glueforge (weights, cache entries, bundles, lock files, pulls) goes through
+these: content lands in a temporary name beside its destination and is renamed into place,
+so a reader never sees a half-written file or directory, and an interrupted writer leaves
+only a temporary name that the next run ignores or removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def atomic_file(dest: Path, suffix: str = ".part") -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success it replaces ``dest``, on error it is removed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(dest: Path, data: bytes | str) -> None:
+    with atomic_file(dest) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+@contextmanager
+def atomic_directory(dest: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``dest``; on success it is renamed to ``dest``.
+
+    If ``dest`` appeared meanwhile (a concurrent writer of the same content-addressed entry)
+    it is kept unless ``replace``; on error the temporary directory is removed.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        yield tmp
+        if dest.exists() and replace:
+            shutil.rmtree(dest)
+        if not dest.exists():
+            os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""The parts of the models.yaml schema that families and runtimes build on.
+
+A family module defines its config as a subclass of :class:`ExtractorSpec` or
+:class:`MatcherSpec` with ``family: Literal["<its name>"]``; a runtime module defines its
+target as a subclass of :class:`TargetSpec` with ``runtime: Literal["<its name>"]``.
+``glueforge.config`` joins them into discriminated unions keyed by ``family`` and
+``runtime``. Facts that other code reads (channels, size divisor, descriptor size, match
+output, precisions, keypoint limit) are class attributes or properties of these specs, so
+core code asks the spec and never names a family or a runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ExtractorSpec(Strict):
+    """A keypoint extractor: ``images (N, C, H, W) -> keypoints (N, K, 2), scores (N, K), descriptors (N, K, D)``."""
+
+    role: ClassVar[str] = "extractor"
+    channels: ClassVar[int] = 3  # C of the ``images`` input
+    colour: ClassVar[str] = "RGB"  # "RGB" or "L" (grey)
+    divisor: ClassVar[int] = 8  # H and W must be multiples of it
+    family: str
+    weights: str
+
+    @property
+    def descriptor_dim(self) -> int:
+        raise NotImplementedError
+
+
+class MatcherSpec(Strict):
+    """A matcher: keypoints and descriptors of two images -> ``matches0 (B, K)``, ``mscores0 (B, K)``."""
+
+    role: ClassVar[str] = "matcher"
+    family: str
+    weights: str
+
+    @property
+    def input_dim(self) -> int:
+        """The descriptor size it takes."""
+        raise NotImplementedError
+
+
+class Tolerance(Strict):
+    atol: Annotated[float, Field(ge=0)]
+    rtol: Annotated[float, Field(ge=0)] = 0.0
+    stat: Literal["max", "mean", "median", "elemwise"] = "median"
+
+
+class Thresholds(Strict):
+    keypoint_mnn: Annotated[float, Field(ge=0, le=1)]
+    descriptor_cosine: Annotated[float, Field(ge=-1, le=1)]
+    match_recall: Annotated[float, Field(ge=0, le=1)]
+
+
+class BatchProfile(Strict):
+    """Pairs per call (the 2B input has 2 * pairs images): min/opt/max of a shape profile."""
+
+    min: Annotated[int, Field(ge=1)] = 1
+    opt: Annotated[int, Field(ge=1)] = 1
+    max: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _order(self) -> "BatchProfile":
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"needs min <= opt <= max (got {self.min}, {self.opt}, {self.max})")
+        return self
+
+
+class TargetSpec(Strict):
+    """A deployment target of one runtime."""
+
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # what the runtime module can build
+    match_output: ClassVar[str] = "list"  # "list": matches (M, 3); "dense": matches0 (B, K), no data-dependent shape
+    max_keypoints: ClassVar[Optional[int]] = None  # a limit of the runtime's TopK, checked at load time
+    runtime: str
+    precision: Literal["fp32", "fp16"]
+    description: Optional[str] = None
+    keypoints: Optional[Annotated[int, Field(ge=16, le=16384)]] = None
+    tolerances: dict[str, Tolerance]
+    thresholds: Thresholds
+
+    @model_validator(mode="after")
+    def _precision(self) -> "TargetSpec":
+        if self.precision not in self.precisions:
+            raise ValueError(f"runtime {self.runtime!r} builds precision {' or '.join(self.precisions)}, "
+                             f"not {self.precision!r}")
+        return self
+
+    def prepare_settings(self) -> dict[str, Any]:
+        """The part of the target that shapes the prepared graph (the fuse stage's key)."""
+        return self.model_dump(mode="json", include={"runtime", "precision"})
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The part of the target that shapes the engine's bytes (its action key)."""
+        return self.model_dump(mode="json", exclude={"tolerances", "thresholds", "description"})

@@ -1,0 +1,105 @@
+"""ONNX Runtime on the CPU: the embedded default runtime, FP32.
+
+- prepare: LightGlue-style MatMul-Softmax-MatMul attention fused into
+  ``com.microsoft.MultiHeadAttention`` (``glueforge/attention.py``);
+- engine: the ONNX model plus the session settings it must be run with (``session.json``);
+  the model is loaded once here with exactly those settings, so a graph the runtime rejects
+  fails this stage, not the application;
+- runner: polygraphy's ``OnnxrtRunner`` over a session made with the recorded settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping
+
+from pydantic import Field
+from typing_extensions import Annotated
+
+from glueforge.runtime import BuildContext, EngineUnavailable, Incompatible
+from glueforge.schema import Strict, TargetSpec
+
+log = logging.getLogger(__name__)
+NAME = "onnxruntime"
+TOOLS = ("onnx",)  # prepare is glueforge's own attention fusion over onnx
+SESSION = "session.json"
+measured_with = "the engine itself, onnxruntime on the CPU"
+
+
+class OrtSession(Strict):
+    providers: list[str] = ["CPUExecutionProvider"]
+    graph_optimization_level: Literal["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"] = (
+        "ORT_ENABLE_ALL"
+    )
+    intra_op_num_threads: Annotated[int, Field(ge=0)] = 0
+    execution_mode: Literal["ORT_SEQUENTIAL", "ORT_PARALLEL"] = "ORT_SEQUENTIAL"
+
+
+class Target(TargetSpec):
+    # onnxruntime's CPU provider has no FP16 kernels for most ops: an fp16 target would run an FP32 graph
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    runtime: Literal["onnxruntime"]
+    session: OrtSession = OrtSession()
+
+
+def installed_version() -> str | None:
+    from glueforge.machine import package_version
+
+    return package_version("onnxruntime", "onnxruntime-gpu")
+
+
+def versions() -> dict[str, str | None]:
+    return {NAME: installed_version()}
+
+
+def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
+    from glueforge.attention import fuse_attention
+
+    fused, count = fuse_attention(model)
+    return fused, {"attention_fused": count}
+
+
+def session(path: Path, settings: OrtSession):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.graph_optimization_level)
+    options.intra_op_num_threads = settings.intra_op_num_threads
+    options.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=list(settings.providers))
+
+
+def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildContext) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [p for p in target.session.providers if p not in available]
+    if missing:
+        raise EngineUnavailable(f"onnxruntime {ort.__version__} here lacks providers {missing}; available: {available}")
+    for name, source in graphs.items():
+        dest = out / f"{name}.onnx"
+        shutil.copyfile(source, dest)
+        session(dest, target.session)  # loads and optimises with the recorded settings, or raises
+        log.info("engine %s: onnxruntime %s session created", name, ort.__version__)
+    settings = {"runtime": NAME, NAME: ort.__version__, **target.session.model_dump(mode="json")}
+    (out / SESSION).write_text(json.dumps(settings, indent=1))
+    return {"runtime": NAME, NAME: ort.__version__, "files": {g: f"{g}.onnx" for g in sorted(graphs)}}
+
+
+def runner(directory: Path, graph: str, name: str):
+    """A polygraphy runner of ``graph`` in an engine directory, with its recorded session settings."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    recorded = json.loads((Path(directory) / SESSION).read_text())
+    settings = OrtSession(**{k: v for k, v in recorded.items() if k in OrtSession.model_fields})
+    return OnnxrtRunner(lambda: session(Path(directory) / f"{graph}.onnx", settings), name=name)
+
+
+def check_compatibility(manifest: Mapping[str, Any]) -> None:
+    if installed_version() is None:
+        raise Incompatible(f"{manifest['model']} {manifest['version']} for {manifest['target']} needs onnxruntime "
+                           f"(built with {manifest['runtime'].get(NAME)}); this machine has none")

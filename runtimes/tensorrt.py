@@ -1,0 +1,362 @@
+"""TensorRT on Jetson (and other NVIDIA GPUs with a matching TensorRT release).
+
+**TensorRT cannot be installed on the development machines or in CI of this project** (PyPI
+carries only stubs): real TensorRT engines are built where TensorRT exists, on the Jetson
+runners. Here every path is exercised with stand-ins (``tests/stand_in/``); elsewhere the
+engine stage fails with a message naming what is missing and the exact commands a Jetson
+runner uses to finish from the same artifacts. It never writes a placeholder.
+
+- prepare: the pre-build lint against TensorRT's ONNX parser (``lint_rules``), then FP16 the
+  weakly typed way: the FP32 graph is kept, the engine is built with the FP16 flag, and the
+  FP32 islands (``glueforge/fp16.py``) are pinned with precision constraints;
+- engine, two builders written against NVIDIA's documented interfaces:
+  - ``trtexec`` (``builder: trtexec``): ``--fp16``, ``--memPoolSize``, ``--timingCacheFile``,
+    ``--minShapes/--optShapes/--maxShapes``, ``--builderOptimizationLevel``,
+    ``--profilingVerbosity=detailed``, ``--exportLayerInfo``, ``--skipInference``, and the
+    islands pinned with ``--precisionConstraints=obey --layerPrecisions``; its output is
+    parsed for errors, the TensorRT version and the device;
+  - the Python API (``builder: python``) through Polygraphy's loaders
+    (``NetworkFromOnnxPath``, ``SetLayerPrecisions``, ``CreateConfig``, ``Profile``,
+    ``EngineBytesFromNetwork`` with its timing cache), with the same settings;
+- the machine must have the target's TensorRT release and compute capability; one timing
+  cache per device, CUDA, TensorRT and builder configuration;
+- runner: polygraphy's ``TrtRunner`` over the serialized engine (needs the device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
+
+from packaging.version import Version
+from pydantic import Field, model_validator
+from typing_extensions import Annotated
+
+from glueforge import machine
+from glueforge.lint import Rules
+from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable, Incompatible, relative
+from glueforge.schema import BatchProfile, TargetSpec
+
+log = logging.getLogger(__name__)
+NAME = "tensorrt"
+TOOLS = ("onnx",)
+JETSON_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
+# TensorRT's TopK layer accepts K <= 3840 (ITopKLayer, TensorRT 8.x-10.x).
+MAX_TOPK = 3840
+measured_with = "the engine itself, TensorRT on the device"
+
+# onnx-tensorrt docs/operators.md, TensorRT 10.x: operators with "Y".
+TENSORRT_OPS = frozenset("""
+Abs Acos Acosh Add AffineGrid And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
+BitwiseAnd BitwiseNot BitwiseOr BitwiseXor BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant
+ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DFT DepthToSpace DequantizeLinear Div Dropout
+DynamicQuantizeLinear Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND
+Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization
+GRU HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If InstanceNormalization IsInf IsNaN
+LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool LRN LSTM MatMul Max
+MaxPool Mean Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu
+QuantizeLinear RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2
+ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape
+Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink
+Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze STFT Sub Sum Tan
+Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+
+
+class Target(TargetSpec):
+    precisions: ClassVar[tuple[str, ...]] = ("fp16", "fp32")
+    match_output: ClassVar[str] = "dense"  # no data-dependent output shape: no output allocator needed
+    max_keypoints: ClassVar[Optional[int]] = MAX_TOPK
+    runtime: Literal["tensorrt"]
+    builder: Literal["trtexec", "python"]
+    compute_capability: Annotated[list[str], Field(min_length=1)]
+    tensorrt_version: str
+    cuda_version: Optional[str] = None
+    jetpack: Optional[str] = None
+    workspace_mib: Optional[Annotated[int, Field(ge=16)]] = None
+    builder_optimization_level: Annotated[int, Field(ge=0, le=5)] = 3
+    batch: BatchProfile = BatchProfile()
+
+    def prepare_settings(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include={"runtime", "precision", "tensorrt_version"})  # lint rules
+
+    @model_validator(mode="after")
+    def _one_device(self) -> "Target":
+        if len(self.compute_capability) != 1:
+            raise ValueError("a TensorRT engine is built for one compute capability: give exactly one")
+        return self
+
+
+def lint_rules(version: str | None = None) -> Rules:
+    before_10 = version is not None and Version(version) < Version("10")
+    return Rules(
+        parser="TensorRT's ONNX parser (onnx-tensorrt operators.md)",
+        supported_ops=TENSORRT_OPS,
+        warned={"NonZero": "data-dependent output shape: needs an IOutputAllocator at run time"},
+        max_topk=MAX_TOPK,
+        int64_io=f"INT64 I/O: TensorRT {version} casts INT64 down to INT32" if before_10 else None,
+    )
+
+
+def installed_version() -> str | None:
+    return machine.package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean")
+
+
+def versions() -> dict[str, str | None]:
+    return {NAME: installed_version()}  # the engine stage checks the machine's release itself
+
+
+def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
+    from glueforge.fp16 import fp32_islands
+    from glueforge.lint import check
+
+    warnings = check(model, graph, lint_rules(target.tensorrt_version))
+    for finding in warnings:
+        log.warning("lint %s: %s", graph, finding)
+    meta: dict[str, Any] = {"lint_warnings": [str(f) for f in warnings], "fp32_layers": []}
+    if target.precision == "fp16":
+        meta["fp32_layers"] = fp32_islands(model)
+        meta["precision"] = "fp32 graph; fp16 builder flag with fp32 precision constraints"
+    return model, meta
+
+
+# -- shapes -----------------------------------------------------------------------------------
+def profile_shapes(inputs: Sequence[Mapping[str, Any]], batch: BatchProfile) -> dict[str, tuple[list[int], list[int], list[int]]]:
+    """min/opt/max shapes of each dynamic input: ``2B`` and ``N`` are 2 x pairs, ``B`` is pairs."""
+    shapes = {}
+    for tensor in inputs:
+        dims = tensor["shape"]
+        if all(isinstance(d, int) for d in dims):
+            continue
+        per = {"2B": 2, "N": 2, "B": 1}
+        shapes[tensor["name"]] = tuple(
+            [d if isinstance(d, int) else per[d] * pairs for d in dims] for pairs in (batch.min, batch.opt, batch.max)
+        )
+    return shapes
+
+
+# -- the engine stage -----------------------------------------------------------------------------
+def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildContext) -> dict[str, Any]:
+    wanted_cc = target.compute_capability[0]
+    trtexec = find_trtexec() if target.builder == "trtexec" else None
+    trt = _import_tensorrt() if target.builder == "python" else None
+    if trtexec is None and trt is None:
+        raise EngineUnavailable(_missing_tensorrt(target, graphs, context))
+    version = trtexec_version(trtexec) if trtexec else trt.__version__
+    cc = machine.compute_capability()
+    where = f"a machine with TensorRT {target.tensorrt_version} and compute capability {wanted_cc}" + (
+        f" (JetPack {target.jetpack})" if target.jetpack else "")
+    if version is None or not same_release(version, target.tensorrt_version):
+        raise EngineUnavailable(f"target {context.target_name!r} expects TensorRT {target.tensorrt_version}; this machine has "
+                                f"TensorRT {version}: engines are tied to the TensorRT release. Build on {where}.")
+    if cc != wanted_cc:
+        raise EngineUnavailable(f"target {context.target_name!r} is compute capability {wanted_cc}; this machine's GPU is "
+                                f"{cc or 'unknown (no GPU found)'}: engines are tied to the compute capability. Build on {where}.")
+    cache = timing_cache_path(context.timing_cache_dir, target, version, cc)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    engines = {}
+    for name, source in graphs.items():
+        engine = out / f"{name}.engine"
+        fp32_layers = context.prepared.get(name, {}).get("fp32_layers", ())
+        inputs = context.io[name]["inputs"]
+        if trtexec is not None:
+            cmd = trtexec_command(trtexec, source, engine, target, inputs, fp32_layers, cache, out / f"{name}.layers.json")
+            parsed = run_trtexec(cmd)
+            if parsed["tensorrt_version"] and not same_release(parsed["tensorrt_version"], version):
+                raise EngineBuildError(f"trtexec reported TensorRT {parsed['tensorrt_version']}, expected {version}")
+            engines[name] = {"engine_bytes": engine.stat().st_size, "builder": "trtexec", "command": cmd[1:]}
+        else:
+            engines[name] = build_with_polygraphy(trt, source, engine, target, inputs, fp32_layers, cache)
+    return {"runtime": NAME, NAME: version, "compute_capability": [cc], "cuda": target.cuda_version,
+            "jetpack": target.jetpack, "precision": target.precision, "builder": target.builder,
+            "timing_cache": cache.name, "engines": engines, "files": {g: f"{g}.engine" for g in sorted(graphs)}}
+
+
+def _missing_tensorrt(target: Target, graphs: Mapping[str, Path], context: BuildContext) -> str:
+    what = "trtexec (searched $GLUEFORGE_TRTEXEC, PATH and /usr/src/tensorrt/bin)" if target.builder == "trtexec" \
+        else "the TensorRT Python package (import tensorrt)"
+    lines = [
+        f"target {context.target_name!r} needs TensorRT {target.tensorrt_version} for compute capability "
+        f"{', '.join(target.compute_capability)}, and this machine has no {what}. TensorRT engines are built where "
+        f"TensorRT exists: a Jetson runner with JetPack {target.jetpack}.",
+        "Every stage up to the fused ONNX is built and cached here:",
+        *[f"  {name}: {relative(path, context.project_root)}" for name, path in graphs.items()],
+        "On the Jetson runner, in a checkout that shares these artifacts (copied artifacts/ or the remote cache), run:",
+        f"  doit build target={context.target_name}",
+        "or build each engine directly with:",
+    ]
+    for name, path in graphs.items():
+        cmd = trtexec_command(JETSON_TRTEXEC, Path(relative(path, context.project_root)), Path(f"{name}.engine"), target,
+                              context.io[name]["inputs"], context.prepared.get(name, {}).get("fp32_layers", ()),
+                              Path("timing.cache"), Path(f"{name}.layers.json"))
+        lines.append("  " + " ".join(cmd))
+    return "\n".join(lines)
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        return None
+    return tensorrt
+
+
+# -- the Python API, through Polygraphy's loaders -----------------------------------------------
+def build_with_polygraphy(
+    trt,
+    onnx_path: Path,
+    engine_path: Path,
+    target: Target,
+    inputs: Sequence[Mapping[str, Any]],
+    fp32_layers: Sequence[str] = (),
+    timing_cache: Path | None = None,
+) -> dict[str, Any]:
+    """Build one engine with the target's settings; FP32 islands pinned by precision constraints."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile, SetLayerPrecisions
+
+    network = NetworkFromOnnxPath(str(onnx_path))
+    fp16 = target.precision == "fp16"
+    if fp16 and fp32_layers:
+        network = SetLayerPrecisions(network, {name: trt.float32 for name in fp32_layers})
+    shapes = profile_shapes(inputs, target.batch)
+    profiles = []
+    if shapes:
+        profile = Profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.add(name, min=lo, opt=opt, max=hi)
+        profiles.append(profile)
+    config = CreateConfig(
+        fp16=fp16,
+        precision_constraints="obey" if fp16 and fp32_layers else None,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: target.workspace_mib << 20} if target.workspace_mib else None,
+        profiles=profiles or None,
+        builder_optimization_level=target.builder_optimization_level,
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+        load_timing_cache=str(timing_cache) if timing_cache is not None and timing_cache.is_file() else None,
+    )
+    try:
+        plan = EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache) if timing_cache else None)()
+    except Exception as e:  # polygraphy reports parser and builder failures as PolygraphyException
+        raise EngineBuildError(f"{onnx_path.name}: TensorRT {trt.__version__} refused the network: {e}") from None
+    engine_path.write_bytes(bytes(plan))
+    return {"engine_bytes": engine_path.stat().st_size, "builder": "python (polygraphy loaders)",
+            "profile_shapes": {k: list(v) for k, v in shapes.items()}}
+
+
+# -- trtexec ---------------------------------------------------------------------------------------
+def _dims(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def trtexec_command(
+    trtexec: Path,
+    onnx_path: Path,
+    engine_path: Path,
+    target: Target,
+    inputs: Sequence[Mapping[str, Any]],
+    fp32_layers: Sequence[str] = (),
+    timing_cache: Path | None = None,
+    layer_info: Path | None = None,
+) -> list[str]:
+    cmd = [str(trtexec), f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--skipInference",
+           f"--builderOptimizationLevel={target.builder_optimization_level}", "--profilingVerbosity=detailed"]
+    if target.workspace_mib:
+        cmd.append(f"--memPoolSize=workspace:{target.workspace_mib}M")
+    if timing_cache is not None:
+        cmd.append(f"--timingCacheFile={timing_cache}")
+    if layer_info is not None:
+        cmd.append(f"--exportLayerInfo={layer_info}")
+    shapes = profile_shapes(inputs, target.batch)
+    for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+        if shapes:
+            cmd.append(f"{flag}=" + ",".join(f"{name}:{_dims(s[index])}" for name, s in shapes.items()))
+    if target.precision == "fp16":
+        cmd.append("--fp16")
+        if fp32_layers:
+            cmd += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in fp32_layers)]
+    return cmd
+
+
+def parse_trtexec(output: str) -> dict[str, Any]:
+    """Version, device and verdict of a trtexec run, from its log."""
+    version = None
+    found = re.search(r"\[TensorRT v(\d+)\]", output)
+    if found:
+        n = int(found.group(1))
+        version = f"{n // 10000}.{n // 100 % 100}.{n % 100}"
+    cc = re.search(r"Compute Capability: (\d+\.\d+)", output)
+    return {
+        "tensorrt_version": version,
+        "compute_capability": cc.group(1) if cc else None,
+        "passed": "&&&& PASSED" in output,
+        "errors": [line.strip() for line in output.splitlines() if "[E]" in line],
+    }
+
+
+def find_trtexec() -> Path | None:
+    for candidate in (os.environ.get("GLUEFORGE_TRTEXEC"), shutil.which("trtexec"), str(JETSON_TRTEXEC)):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def trtexec_version(trtexec: Path) -> str | None:
+    result = subprocess.run([str(trtexec), "--help"], capture_output=True, text=True)
+    return parse_trtexec(result.stdout + result.stderr)["tensorrt_version"]
+
+
+def run_trtexec(cmd: list[str]) -> dict[str, Any]:
+    log.info("trtexec: %s", " ".join(cmd[:4]) + " ...")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    parsed = parse_trtexec(result.stdout + result.stderr)
+    if result.returncode != 0 or not parsed["passed"]:
+        detail = "\n  ".join(parsed["errors"][-10:]) or (result.stdout + result.stderr)[-2000:]
+        raise EngineBuildError(f"trtexec failed (exit {result.returncode}):\n  {detail}")
+    return parsed
+
+
+# -- the build machine --------------------------------------------------------------------------
+def same_release(installed: str, expected: str) -> bool:
+    """TensorRT engines are tied to the major.minor release that built them."""
+    a, b = Version(installed), Version(expected)
+    return (a.major, a.minor) == (b.major, b.minor)
+
+
+def timing_cache_path(root: Path, target: Target, tensorrt_version: str, compute_capability: str) -> Path:
+    """One timing cache per device, CUDA, TensorRT version and builder configuration; never mixed."""
+    key = {"compute_capability": compute_capability, "cuda": target.cuda_version, "tensorrt": tensorrt_version,
+           "precision": target.precision, "workspace_mib": target.workspace_mib,
+           "builder_optimization_level": target.builder_optimization_level}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / f"sm{compute_capability.replace('.', '')}-trt{tensorrt_version}-{digest}.cache"
+
+
+# -- running and pulling ----------------------------------------------------------------------------
+def runner(directory: Path, graph: str, name: str):
+    """A polygraphy runner of a serialized engine (needs TensorRT and the engine's GPU)."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(BytesFromPath(str(Path(directory) / f"{graph}.engine"))), name=name)
+
+
+def check_compatibility(manifest: Mapping[str, Any], installed: str | None = None, package: str = NAME) -> None:
+    """Refuse a bundle whose TensorRT release or compute capability this machine does not have."""
+    runtime = manifest["runtime"]
+    installed = installed if installed is not None else installed_version()
+    wanted, wanted_cc = runtime.get(package), runtime.get("compute_capability") or []
+    cc = machine.compute_capability()
+    same = installed is not None and wanted is not None and Version(installed).release[:2] == Version(wanted).release[:2]
+    if not same or cc not in wanted_cc:
+        raise Incompatible(
+            f"{manifest['model']} {manifest['version']} for {manifest['target']} needs {package} {wanted} on compute "
+            f"capability {', '.join(wanted_cc) or '?'}; this machine has {package} {installed or 'not installed'} on "
+            f"compute capability {cc or 'unknown (no GPU found)'}"
+        )

@@ -1,0 +1,183 @@
+"""TensorRT-RTX: ahead-of-time engines for RTX GPUs, built on any machine (no GPU needed).
+
+``pip install tensorrt-rtx-cu13`` (module ``tensorrt_rtx``) compiles for the target's
+compute capabilities; the engines run on RTX GPUs only (not on data-centre GPUs such as the
+H100). TensorRT-RTX builds strongly typed networks only:
+
+- prepare: the pre-build lint (TensorRT's parser lineage, and no NonZero at all), then an
+  FP16 graph with FP32 islands (``glueforge/fp16.py``); inputs and outputs stay FP32;
+- engine: the builder API directly (``IBuilderConfig`` with the target's compute
+  capabilities). Polygraphy's loaders are not used here: they switch between TensorRT and
+  TensorRT-RTX with the process-wide ``POLYGRAPHY_USE_TENSORRT_RTX``, fixed when polygraphy is
+  first imported, and the same process runs polygraphy for validation;
+- runner: on machines without an RTX GPU, validation runs the FP16 ONNX each engine was
+  compiled from (shipped in the bundle next to it) with onnxruntime on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
+
+from pydantic import Field, model_validator
+from typing_extensions import Annotated
+
+from glueforge import machine
+from glueforge.lint import Rules
+from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable
+from glueforge.schema import BatchProfile, TargetSpec
+from runtimes import tensorrt
+
+log = logging.getLogger(__name__)
+NAME = "tensorrt_rtx"
+TOOLS = ("onnx", "onnxruntime", "onnx-graphsurgeon")  # the float16 converter and the toposort
+# Compute capabilities TensorRT-RTX compiles for ahead of time (tensorrt_rtx.ComputeCapability).
+COMPUTE = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
+TURING_FP32_GEMM = (
+    "TensorRT-RTX cannot compile FP32 matrix multiplies for Turing: \"Cannot compile operation ... for Turing "
+    "(SM75): FP32 GEMM is not supported\"; a target with compute capability 7.5 must be fp16"
+)
+measured_with = ("the FP16 ONNX the engine was compiled from, onnxruntime on the CPU "
+                 "(TensorRT-RTX engines run on RTX GPUs only)")
+
+
+class Target(TargetSpec):
+    precisions: ClassVar[tuple[str, ...]] = ("fp16", "fp32")
+    match_output: ClassVar[str] = "dense"  # TensorRT-RTX has no NonZero
+    max_keypoints: ClassVar[Optional[int]] = tensorrt.MAX_TOPK
+    runtime: Literal["tensorrt_rtx"]
+    compute_capability: Annotated[list[str], Field(min_length=1)]
+    workspace_mib: Optional[Annotated[int, Field(ge=16)]] = None
+    batch: BatchProfile = BatchProfile()
+
+    @model_validator(mode="after")
+    def _devices(self) -> "Target":
+        unknown = [c for c in self.compute_capability if c not in COMPUTE]
+        if unknown:
+            raise ValueError(f"compute capabilities {unknown} are not TensorRT-RTX targets; valid: {', '.join(COMPUTE)}")
+        if self.precision == "fp32" and "7.5" in self.compute_capability:
+            raise ValueError(f"precision fp32 with compute capability 7.5: {TURING_FP32_GEMM}")
+        return self
+
+
+def lint_rules(version: str | None = None) -> Rules:
+    return Rules(
+        parser="TensorRT-RTX's ONNX parser",
+        supported_ops=tensorrt.TENSORRT_OPS,
+        refused={"NonZero": "TensorRT-RTX has no NonZero importer (its plugin creator is not shipped); "
+                            "use the dense match outputs"},
+        max_topk=tensorrt.MAX_TOPK,
+    )
+
+
+def installed_version() -> str | None:
+    return machine.package_version("tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt-rtx")
+
+
+def versions() -> dict[str, str | None]:
+    return {NAME: installed_version()}
+
+
+def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
+    import onnx
+
+    from glueforge.fp16 import fp32_islands, to_fp16
+    from glueforge.lint import check
+
+    rules = lint_rules()
+    warnings = check(model, graph, rules)
+    for finding in warnings:
+        log.warning("lint %s: %s", graph, finding)
+    meta: dict[str, Any] = {"lint_warnings": [str(f) for f in warnings], "fp32_layers": fp32_islands(model)}
+    if target.precision == "fp16":
+        model = to_fp16(model)
+        onnx.checker.check_model(model)
+        meta["precision"] = "fp16 graph with fp32 islands"
+        check(model, graph, rules)
+    return model, meta
+
+
+def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildContext) -> dict[str, Any]:
+    try:
+        import tensorrt_rtx as trt
+    except ImportError:
+        raise EngineUnavailable("TensorRT-RTX is not installed: pip install tensorrt-rtx-cu13 (it builds without a GPU)") from None
+    engines = {}
+    for name, source in graphs.items():
+        engines[name] = build_with_api(trt, source, out / f"{name}.engine", target, context.io[name]["inputs"])
+        shutil.copyfile(source, out / f"{name}.onnx")  # the graph it was compiled from: validated, and shipped
+        log.info("engine %s: TensorRT-RTX %s, %d bytes for %s", name, trt.__version__, engines[name]["engine_bytes"],
+                 ", ".join(f"sm_{c}" for c in target.compute_capability))
+    return {"runtime": NAME, NAME: trt.__version__, "compute_capability": target.compute_capability,
+            "precision": target.precision, "engines": engines, "files": {g: f"{g}.engine" for g in sorted(graphs)}}
+
+
+def runner(directory: Path, graph: str, name: str):
+    """The FP16 ONNX the engine was compiled from, with onnxruntime on the CPU (no RTX GPU here)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return OnnxrtRunner(SessionFromOnnx(str(Path(directory) / f"{graph}.onnx"), providers=["cpu"]), name=name)
+
+
+def check_compatibility(manifest: Mapping[str, Any]) -> None:
+    tensorrt.check_compatibility(manifest, installed_version(), NAME)
+
+
+def _logger(trt):
+    class CapturingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[str, str]] = []
+
+        def log(self, severity, msg):  # noqa: A003 - TensorRT's interface
+            self.messages.append((str(severity), msg))
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                log.error("%s: %s", trt.__name__, msg)
+
+        def errors(self) -> list[str]:
+            return [m for s, m in self.messages if s.endswith(("ERROR", "INTERNAL_ERROR"))]
+
+        def value(self, pattern: str) -> int | None:
+            for _, m in self.messages:
+                found = re.search(pattern, m)
+                if found:
+                    return int(found.group(1))
+            return None
+
+    return CapturingLogger()
+
+
+def build_with_api(trt, onnx_path: Path, engine_path: Path, target: Target, inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Compile one strongly typed engine for the target's compute capabilities."""
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"{onnx_path.name}: TensorRT-RTX {trt.__version__} cannot parse the graph:\n  " + "\n  ".join(errors))
+    config = builder.create_builder_config()
+    if target.workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
+    config.num_compute_capabilities = len(target.compute_capability)
+    for i, cc in enumerate(target.compute_capability):
+        config.set_compute_capability(getattr(trt.ComputeCapability, COMPUTE[cc]), i)
+    shapes = tensorrt.profile_shapes(inputs, target.batch)
+    if shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError(f"{onnx_path.name}: TensorRT-RTX {trt.__version__} refused the network:\n  " + "\n  ".join(logger.errors()[-10:]))
+    engine_path.write_bytes(bytes(plan))
+    return {
+        "engine_bytes": engine_path.stat().st_size,
+        "weights_memory_bytes": logger.value(r"Total Weights Memory: (\d+) bytes"),
+        "activation_memory_bytes": logger.value(r"Total Activation Memory: (\d+) bytes"),
+        "profile_shapes": {k: list(v) for k, v in shapes.items()},
+    }
