@@ -16,8 +16,9 @@ runner uses to finish from the same artifacts. It never writes a placeholder.
     islands pinned with ``--precisionConstraints=obey --layerPrecisions``; its output is
     parsed for errors, the TensorRT version and the device;
   - the Python API (``builder: python``) through Polygraphy's loaders
-    (``NetworkFromOnnxPath``, ``SetLayerPrecisions``, ``CreateConfig``, ``Profile``,
-    ``EngineBytesFromNetwork`` with its timing cache), with the same settings;
+    (``SetLayerPrecisions``, ``CreateConfig``, ``Profile``,
+    ``EngineBytesFromNetwork`` with its timing cache), with the same settings; the network is
+    parsed with glueforge's own logger on the builder, so the memory figures reach the manifest;
 - the machine must have the target's TensorRT release and compute capability; one timing
   cache per device, CUDA, TensorRT and builder configuration;
 - runner: polygraphy's ``TrtRunner`` over the serialized engine (needs the device).
@@ -209,6 +210,53 @@ def _import_tensorrt():
 
 
 # -- the Python API, through Polygraphy's loaders -----------------------------------------------
+def capturing_logger(trt):
+    """A TensorRT ``ILogger`` that keeps the builder's messages (errors, memory figures) for the manifest."""
+
+    class CapturingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[str, str]] = []
+
+        def log(self, severity, msg):  # noqa: A003 - TensorRT's interface
+            self.messages.append((str(severity), msg))
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                log.error("%s: %s", trt.__name__, msg)
+
+        def errors(self) -> list[str]:
+            return [m for s, m in self.messages if s.endswith(("ERROR", "INTERNAL_ERROR"))]
+
+        def value(self, pattern: str) -> int | None:
+            for _, m in self.messages:
+                found = re.search(pattern, m)
+                if found:
+                    return int(found.group(1))
+            return None
+
+        def memory(self) -> dict[str, int | None]:
+            return {"weights_memory_bytes": self.value(r"Total Weights Memory: (\d+) bytes"),
+                    "activation_memory_bytes": self.value(r"Total Activation Memory: (\d+) bytes")}
+
+    return CapturingLogger()
+
+
+def parse_onnx(trt, onnx_path: Path, logger, flags: int = 0):
+    """(builder, network, parser) for one ONNX file, with ``logger`` on the builder.
+
+    Polygraphy's ``NetworkFromOnnxPath`` does the same but puts its own process-wide logger on
+    the builder, which would hide the memory figures the manifest records.
+    """
+    builder = trt.Builder(logger)
+    network = builder.create_network(flags)
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger, "")
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"{onnx_path.name}: {trt.__name__} {trt.__version__} cannot parse the graph:\n  " + "\n  ".join(errors))
+    return builder, network, parser
+
+
 def build_with_polygraphy(
     trt,
     onnx_path: Path,
@@ -219,9 +267,10 @@ def build_with_polygraphy(
     timing_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Build one engine with the target's settings; FP32 islands pinned by precision constraints."""
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile, SetLayerPrecisions
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile, SetLayerPrecisions
 
-    network = NetworkFromOnnxPath(str(onnx_path))
+    logger = capturing_logger(trt)
+    network = parse_onnx(trt, onnx_path, logger)
     fp16 = target.precision == "fp16"
     if fp16 and fp32_layers:
         network = SetLayerPrecisions(network, {name: trt.float32 for name in fp32_layers})
@@ -243,10 +292,11 @@ def build_with_polygraphy(
     )
     try:
         plan = EngineBytesFromNetwork(network, config, save_timing_cache=str(timing_cache) if timing_cache else None)()
-    except Exception as e:  # polygraphy reports parser and builder failures as PolygraphyException
-        raise EngineBuildError(f"{onnx_path.name}: TensorRT {trt.__version__} refused the network: {e}") from None
+    except Exception as e:  # polygraphy reports builder failures as PolygraphyException
+        detail = "\n  ".join(logger.errors()[-10:]) or str(e)
+        raise EngineBuildError(f"{onnx_path.name}: TensorRT {trt.__version__} refused the network:\n  {detail}") from None
     engine_path.write_bytes(bytes(plan))
-    return {"engine_bytes": engine_path.stat().st_size, "builder": "python (polygraphy loaders)",
+    return {"engine_bytes": engine_path.stat().st_size, "builder": "python (polygraphy loaders)", **logger.memory(),
             "profile_shapes": {k: list(v) for k, v in shapes.items()}}
 
 

@@ -17,7 +17,6 @@ H100). TensorRT-RTX builds strongly typed networks only:
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
@@ -126,39 +125,10 @@ def check_compatibility(manifest: Mapping[str, Any]) -> None:
     tensorrt.check_compatibility(manifest, installed_version(), NAME)
 
 
-def _logger(trt):
-    class CapturingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[str, str]] = []
-
-        def log(self, severity, msg):  # noqa: A003 - TensorRT's interface
-            self.messages.append((str(severity), msg))
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                log.error("%s: %s", trt.__name__, msg)
-
-        def errors(self) -> list[str]:
-            return [m for s, m in self.messages if s.endswith(("ERROR", "INTERNAL_ERROR"))]
-
-        def value(self, pattern: str) -> int | None:
-            for _, m in self.messages:
-                found = re.search(pattern, m)
-                if found:
-                    return int(found.group(1))
-            return None
-
-    return CapturingLogger()
-
-
 def build_with_api(trt, onnx_path: Path, engine_path: Path, target: Target, inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Compile one strongly typed engine for the target's compute capabilities."""
-    logger = _logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"{onnx_path.name}: TensorRT-RTX {trt.__version__} cannot parse the graph:\n  " + "\n  ".join(errors))
+    logger = tensorrt.capturing_logger(trt)
+    builder, network, _parser = tensorrt.parse_onnx(trt, onnx_path, logger)
     config = builder.create_builder_config()
     if target.workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, target.workspace_mib << 20)
@@ -177,7 +147,6 @@ def build_with_api(trt, onnx_path: Path, engine_path: Path, target: Target, inpu
     engine_path.write_bytes(bytes(plan))
     return {
         "engine_bytes": engine_path.stat().st_size,
-        "weights_memory_bytes": logger.value(r"Total Weights Memory: (\d+) bytes"),
-        "activation_memory_bytes": logger.value(r"Total Activation Memory: (\d+) bytes"),
+        **logger.memory(),
         "profile_shapes": {k: list(v) for k, v in shapes.items()},
     }

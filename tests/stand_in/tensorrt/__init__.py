@@ -1,7 +1,9 @@
 """Stand-in for the ``tensorrt`` Python package, for orchestration tests without TensorRT.
 
-It mirrors the part of NVIDIA's builder API that glueforge calls (Builder, OnnxParser,
-IBuilderConfig, optimization profiles, timing caches, layer precisions). The parser reads
+It mirrors the part of NVIDIA's builder API that glueforge calls directly (Builder,
+OnnxParser, ILogger) and through Polygraphy's loaders (``SetLayerPrecisions``,
+``CreateConfig``, ``Profile``, ``EngineBytesFromNetwork``): IBuilderConfig flags and memory
+pools, optimization profiles, timing caches, layer precisions. The parser reads
 the ONNX file with ``onnx`` so that layers carry the graph's node names; the "engine" is a
 JSON record of what the builder was configured to do. It builds nothing and runs nothing.
 """
@@ -30,11 +32,37 @@ class ILogger:
         pass
 
 
+class Logger(ILogger):
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = ILogger.Severity
+
+
+def init_libnvinfer_plugins(logger: ILogger, namespace: str) -> bool:
+    return True
+
+
+class NetworkDefinitionCreationFlag(enum.IntEnum):
+    STRONGLY_TYPED = 1
+
+
+class OnnxParserFlag(enum.IntEnum):
+    NATIVE_INSTANCENORM = 0
+
+
+class DeviceType(enum.Enum):
+    GPU = 0
+    DLA = 1
+
+
+class LayerType(enum.Enum):
+    SHAPE = 0
+    OTHER = 1
+
+
 class MemoryPoolType(enum.Enum):
     WORKSPACE = 0
 
 
-class BuilderFlag(enum.Enum):
+class BuilderFlag(enum.IntEnum):
     FP16 = 0
     OBEY_PRECISION_CONSTRAINTS = 1
 
@@ -45,12 +73,17 @@ class ProfilingVerbosity(enum.Enum):
 
 class _Layer:
     def __init__(self, name: str, op: str) -> None:
-        self.name, self.type, self.precision = name, op, None
+        self.name, self.op, self.precision = name, op, None
+        self.type = LayerType.SHAPE if op == "Shape" else LayerType.OTHER
+
+    @property
+    def precision_is_set(self) -> bool:
+        return self.precision is not None
 
 
 class _Tensor:
     def __init__(self, name: str, shape: list[int]) -> None:
-        self.name, self.shape = name, shape
+        self.name, self.shape, self.dtype, self.is_shape_tensor = name, shape, float32, False
 
 
 class _Network:
@@ -65,6 +98,15 @@ class _Network:
     def get_layer(self, i: int) -> _Layer:
         return self.layers[i]
 
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> _Layer:
+        return self.layers[i]
+
+    def get_flag(self, flag: NetworkDefinitionCreationFlag) -> bool:
+        return False
+
     @property
     def num_inputs(self) -> int:
         return len(self.inputs)
@@ -75,7 +117,7 @@ class _Network:
 
 class OnnxParser:
     def __init__(self, network: _Network, logger: ILogger) -> None:
-        self.network, self.errors = network, []
+        self.network, self.errors, self.flags = network, [], 0
 
     def parse_from_file(self, path: str) -> bool:
         model = onnx.load(path, load_external_data=False)
@@ -95,12 +137,25 @@ class OnnxParser:
         return self.errors[i]
 
 
+class _HostMemory(bytes):
+    """IHostMemory: a buffer that is also a context manager."""
+
+    def __enter__(self) -> "_HostMemory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 class _TimingCache:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    def serialize(self) -> bytes:
-        return self.data + b"stand-in timing entry\n"
+    def combine(self, other: "_TimingCache", ignore_mismatch: bool) -> bool:
+        return True
+
+    def serialize(self) -> _HostMemory:
+        return _HostMemory(self.data + b"stand-in timing entry\n")
 
 
 class _Profile:
@@ -112,6 +167,9 @@ class _Profile:
 
 
 class _Config:
+    DLA_core = -1
+    default_device_type = DeviceType.GPU
+
     def __init__(self) -> None:
         self.flags: list[str] = []
         self.pools: dict[str, int] = {}
@@ -125,6 +183,16 @@ class _Config:
 
     def set_flag(self, flag: BuilderFlag) -> None:
         self.flags.append(flag.name)
+
+    def get_flag(self, flag: BuilderFlag) -> bool:
+        return flag.name in self.flags
+
+    def get_memory_pool_limit(self, pool: MemoryPoolType) -> int:
+        return self.pools.get(pool.name, 0)
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self.profiles)
 
     def create_timing_cache(self, data: bytes) -> _TimingCache:
         return _TimingCache(bytes(data))
@@ -168,4 +236,4 @@ class Builder:
             "layers": len(network.layers),
             "timing_cache": config.timing_cache is not None,
         }
-        return json.dumps(record).encode()
+        return _HostMemory(json.dumps(record).encode())
