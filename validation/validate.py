@@ -52,18 +52,25 @@ def run_graph(make_runner: Callable[[str], Any], feed: dict[str, np.ndarray], na
 
 
 def align_keypoints(golden: dict[str, np.ndarray], produced: dict[str, np.ndarray], radius: float = 1.0):
-    """Put both sides' keypoint-indexed outputs (N, K, ...) in the same keypoint order.
+    """Put both sides' keypoint-indexed outputs in the same keypoint order.
 
     Top-K keypoints come sorted by score, and near-equal scores swap places under any change
     of arithmetic (FP16 most of all), so element i of one side need not be keypoint i of the
     other. Keypoints with a mutual nearest neighbour within ``radius`` px are paired and their
     rows gathered; the share left unpaired is the ``keypoint_mnn`` metric's business.
+    Per-image outputs are (N, K, ...); per-pair outputs indexed by image 0's keypoints, such
+    as ``mscores0``, are (N/2, K, ...) and follow the first image of each pair.
     """
     g, p = golden["keypoints"], produced["keypoints"]
-    pairs = [(i, np.nonzero(c >= 0)[0], c[c >= 0]) for i, c in ((i, mutual_nearest(g[i], p[i], radius)) for i in range(len(g)))]
-    indexed = [n for n in golden if n in produced and golden[n].shape[:2] == g.shape[:2] == produced[n].shape[:2]]
-    aligned_g = {n: np.concatenate([golden[n][i][gi] for i, gi, _ in pairs]) for n in indexed}
-    aligned_p = {n: np.concatenate([produced[n][i][pi] for i, _, pi in pairs]) for n in indexed}
+    images, k = g.shape[:2]
+    pairs = [(np.nonzero(c >= 0)[0], c[c >= 0]) for c in (mutual_nearest(g[i], p[i], radius) for i in range(images))]
+    rows = {(images, k): pairs, (images // 2, k): pairs[0::2]}
+    aligned_g, aligned_p = {}, {}
+    for n in golden:
+        order = rows.get(golden[n].shape[:2]) if n in produced and golden[n].shape[:2] == produced[n].shape[:2] else None
+        if order is not None:
+            aligned_g[n] = np.concatenate([golden[n][i][gi] for i, (gi, _) in enumerate(order)])
+            aligned_p[n] = np.concatenate([produced[n][i][pi] for i, (_, pi) in enumerate(order)])
     return {**golden, **aligned_g}, {**produced, **aligned_p}
 
 
