@@ -28,9 +28,9 @@ from tests.project import REPO, clone_project, doit
 log = logging.getLogger(__name__)
 # ../shared/data beside the checkout (as in CI); GLUEFORGE_SHARED_DATA points elsewhere
 SHARED_DATA = Path(os.environ.get("GLUEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
-MODELS = ("aliked_lightglue", "disk_lightglue")
+MODELS = ("aliked_lightglue", "disk_lightglue", "xfeat_lighterglue")
 # Acceptance thresholds of the parity against kornia (issue: end to end on real weights)
-VERSION = Config.load(REPO / "models.yaml").model("aliked_lightglue").version  # both models share it
+VERSIONS = {m: Config.load(REPO / "models.yaml").model(m).version for m in MODELS}
 PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}
 
 
@@ -56,9 +56,9 @@ def built(tmp_path_factory, download_cache, remote_cache) -> Path:
 
 def test_bundles_have_verified_manifests(built):
     for model in MODELS:
-        bundle = built / "artifacts" / "store" / model / VERSION / "cpu"
+        bundle = built / "artifacts" / "store" / model / VERSIONS[model] / "cpu"
         manifest = json.loads((bundle / "manifest.json").read_text())
-        assert (manifest["model"], manifest["version"], manifest["target"]) == (model, VERSION, "cpu")
+        assert (manifest["model"], manifest["version"], manifest["target"]) == (model, VERSIONS[model], "cpu")
         assert manifest["validation"]["status"] == "passed"
         listed = set(manifest["files"])
         assert {"end2end.onnx", "extractor.onnx", "matcher.onnx", "session.json", "validation.json", "io.json"} <= listed
@@ -86,8 +86,8 @@ def test_second_clone_takes_every_stage_from_the_remote_cache(built, tmp_path, r
     assert "taken from the remote cache" in proc.stderr
     assert warm < cold / 5, f"clone B took {warm:.1f} s, clone A {cold:.1f} s"
     for model in MODELS:
-        ours = json.loads((clone_b / "artifacts/store" / model / VERSION / "cpu/manifest.json").read_text())
-        theirs = json.loads((built / "artifacts/store" / model / VERSION / "cpu/manifest.json").read_text())
+        ours = json.loads((clone_b / "artifacts/store" / model / VERSIONS[model] / "cpu/manifest.json").read_text())
+        theirs = json.loads((built / "artifacts/store" / model / VERSIONS[model] / "cpu/manifest.json").read_text())
         assert ours["files"] == theirs["files"]
 
 
@@ -158,7 +158,7 @@ def _reference_models(project: Path, model: str, download_cache: Path) -> Models
 def test_parity_of_bundled_graphs_with_kornia(built, download_cache, model, record_property):
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
-    bundle = built / "artifacts" / "store" / model / VERSION / "cpu"
+    bundle = built / "artifacts" / "store" / model / VERSIONS[model] / "cpu"
     rows = bundle_parity(bundle, _reference_models(built, model, download_cache), SHARED_DATA)
     text = table(model, rows)
     log.info("parity of the bundled %s graphs against kornia:\n%s", model, text)
@@ -185,7 +185,7 @@ def test_doit_publish_to_s3_then_pull(built, s3_server, tmp_path):
     remote = S3Store(s3_server.url("published"), s3_server.endpoint)
     for model in MODELS:
         path = pull(remote, model, "cpu", tmp_path / "apps", channel="stable")
-        local = built / "artifacts/store" / model / VERSION / "cpu"
+        local = built / "artifacts/store" / model / VERSIONS[model] / "cpu"
         for name in json.loads((local / "manifest.json").read_text())["files"]:
             assert (path / name).read_bytes() == (local / name).read_bytes()
 

@@ -44,7 +44,7 @@ def load_error(path: Path) -> str:
 # -- the real file ------------------------------------------------------------------------------
 def test_real_models_yaml_loads():
     config = Config.load(MODELS_YAML)
-    assert set(config.project.models) == {"aliked_lightglue", "disk_lightglue"}
+    assert set(config.project.models) == {"aliked_lightglue", "disk_lightglue", "xfeat_lighterglue"}
     assert set(config.project.targets) == {"cpu", "orin_nano", "orin_nx", "agx_orin", "rtx_2060", "rtx"}
     assert config.path == MODELS_YAML
     for model in config.project.models:
@@ -144,7 +144,7 @@ def test_unknown_model_lists_valid_ones(config):
 
 
 def test_select_models(config):
-    assert config.select_models(None) == ["aliked_lightglue", "disk_lightglue"]
+    assert config.select_models(None) == ["aliked_lightglue", "disk_lightglue", "xfeat_lighterglue"]
     assert config.select_models(" disk_lightglue , aliked_lightglue") == ["disk_lightglue", "aliked_lightglue"]
     with pytest.raises(ConfigError) as info:
         config.select_models("aliked_lightglue,nosuch")

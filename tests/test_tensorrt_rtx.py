@@ -19,10 +19,9 @@ from glueforge.files import sha256_file
 from validation.parity import bundle_parity, table
 
 from tests.project import clone_project, doit
-from tests.test_build import SHARED_DATA, VERSION, _reference_models
+from tests.test_build import MODELS, SHARED_DATA, VERSIONS, _reference_models
 
 log = logging.getLogger(__name__)
-MODELS = ("aliked_lightglue", "disk_lightglue")
 TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}
 FP16_PARITY = {"descriptor_cosine_mean": 0.995, "match_recall": 0.90}
 
@@ -41,7 +40,7 @@ def rtx_built(tmp_path_factory, download_cache) -> Path:
 @pytest.mark.parametrize("target", TARGETS)
 def test_rtx_bundles_hold_real_engines(rtx_built, target):
     for model in MODELS:
-        bundle = rtx_built / "artifacts/store" / model / VERSION / target
+        bundle = rtx_built / "artifacts/store" / model / VERSIONS[model] / target
         manifest = json.loads((bundle / "manifest.json").read_text())
         runtime = manifest["runtime"]
         assert runtime["runtime"] == "tensorrt_rtx" and runtime["tensorrt_rtx"].startswith("1.")
@@ -67,7 +66,7 @@ def test_rtx_second_run_executes_nothing(rtx_built):
 def test_fp16_onnx_parity_with_fp32_reference(rtx_built, download_cache, model):
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
-    bundle = rtx_built / "artifacts/store" / model / VERSION / "rtx"
+    bundle = rtx_built / "artifacts/store" / model / VERSIONS[model] / "rtx"
     rows = bundle_parity(bundle, _reference_models(rtx_built, model, download_cache), SHARED_DATA)
     text = table(model, rows)
     log.info("FP16 ONNX (rtx) against kornia FP32:\n%s", text)
