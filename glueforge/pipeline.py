@@ -174,6 +174,18 @@ class Pipeline:
         return all(store.channel(model, target, c) == self.version(model) for c in channels)
 
     # -- provenance -------------------------------------------------------------------------
+    def tools(self, job: Job) -> dict[str, str]:
+        """The tool versions in the action keys of the stages that shaped the engine."""
+        tools: dict[str, str] = {}
+        pending, seen = list(self.needs("bundle", job)), set()
+        while pending:
+            stage = pending.pop()
+            if stage not in seen:
+                seen.add(stage)
+                tools.update(STAGES[stage].settings(self, job).get("tools", {}))
+                pending.extend(self.needs(stage, job))
+        return dict(sorted(tools.items()))
+
     def provenance(self, job: Job, with_commit: bool) -> dict[str, Any]:
         weights = {}
         for role, name in job.weight_names().items():
@@ -183,7 +195,7 @@ class Pipeline:
             "weights": weights,
             "code": code_digests(STAGES["export"].modules(job)),
             "config_digest": self.config.digest(job.spec, job.target_spec),
-            "tools": machine.tool_versions("torch", "onnx", "onnxsim", "onnxruntime", "kornia", "polygraphy"),
+            "tools": self.tools(job),
             "glueforge": machine.package_version("glueforge"),
         }
         if with_commit:

@@ -6,7 +6,6 @@ date is decided by its action key (content), not by file times.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +16,6 @@ from glueforge import PROJECT_ROOT, GlueforgeError
 from glueforge.log import configure_logging
 from glueforge.pipeline import Pipeline
 
-log = logging.getLogger("glueforge")
 
 
 def load_plan(target: str, models: str | None, root: Path | None = None, **options) -> "Plan":
@@ -140,10 +138,10 @@ def _uptodate(check, *args):
 
 
 def _guarded(function, *args) -> TaskFailed | None:
-    """Run a stage; an error a user can act on fails the task with its message, not a traceback."""
+    """Run a stage; an error a user can act on fails the task with its message (doit prints it
+    once, under the task's name), not a traceback."""
     try:
         function(*args)
     except GlueforgeError as e:
-        log.error("%s", e)
         return TaskFailed(str(e))
     return None

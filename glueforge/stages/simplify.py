@@ -7,15 +7,19 @@ that names it: such a graph would fail later in TensorRT's parser or an optimise
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 from glueforge import GlueforgeError
 from glueforge.cache import Result
+from glueforge.machine import distribution_of
 from glueforge.stages import Job, Services, Stage, tool_versions
 
 log = logging.getLogger(__name__)
+# the symbolic shape inference of ONNX Runtime's tools, used here as a graph tool (not as a runtime)
+SHAPE_INFERENCE = "onnxruntime.tools.symbolic_shape_infer"
 
 
 class ShapeError(GlueforgeError):
@@ -29,7 +33,7 @@ class Simplify(Stage):
         return ("export",)
 
     def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        return {"tools": tool_versions("onnx", "onnxsim", "onnxruntime")}
+        return {"tools": tool_versions("onnx", "onnxsim", distribution_of(SHAPE_INFERENCE))}
 
     def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
         return {g: simplify(inputs["export"].file(f"{g}.onnx"), out / f"{g}.onnx") for g in job.graphs}
@@ -38,7 +42,8 @@ class Simplify(Stage):
 def simplify(source: Path, dest: Path) -> dict[str, Any]:
     import onnx
     import onnxsim
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    SymbolicShapeInference = importlib.import_module(SHAPE_INFERENCE).SymbolicShapeInference
 
     model = onnx.load(str(source))
     nodes_before = len(model.graph.node)
