@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import REPO
+from tests.project import MODELS, REPO, clone_project, doit
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +105,25 @@ def s3_server(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def remote_cache(s3_server) -> dict[str, str]:
+    """The environment of runners that share one S3 store as their remote build cache."""
+    return {"GLUEFORGE_REMOTE_CACHE": s3_server.url("cache"), "GLUEFORGE_S3_ENDPOINT": s3_server.endpoint}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, download_cache, remote_cache) -> Path:
+    """Clone A: a cold `doit build target=cpu` that fills the remote cache (test_build, test_openvino)."""
+    import time
+
+    project = clone_project(tmp_path_factory.mktemp("project"))
+    start = time.monotonic()
+    proc, executed, _ = doit(project, "build", "target=cpu", env=remote_cache)
+    (project / "cold_build_seconds").write_text(f"{time.monotonic() - start:.1f}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for stage in ("export", "simplify", "engine", "validate", "bundle"):
+        for model in MODELS:
+            assert f"{stage}:cpu:{model}" in executed
+    return project

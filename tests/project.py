@@ -10,6 +10,20 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout (as in CI); GLUEFORGE_SHARED_DATA points elsewhere
+SHARED_DATA = Path(os.environ.get("GLUEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+# the models built from real weights (models.yaml), and their versions
+MODELS = ("aliked_lightglue", "disk_lightglue", "xfeat_lighterglue")
+
+
+def _versions() -> dict[str, str]:
+    from glueforge.config import Config
+
+    config = Config.load(REPO / "models.yaml")
+    return {m: config.model(m).version for m in MODELS}
+
+
+VERSIONS = _versions()
 
 
 def project_files(root: Path) -> list[str]:
@@ -38,3 +52,36 @@ def doit(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[
     executed = re.findall(r"^\.  (\S+)", proc.stdout, re.M)
     skipped = re.findall(r"^-- (\S+)", proc.stdout, re.M)
     return proc, executed, skipped
+
+
+def reference_models(project: Path, model: str, download_cache: Path):
+    """The patched and kornia models of ``model`` with the weights a build of ``project`` fetched."""
+    from glueforge.config import Config
+    from glueforge.fetch import weight_path
+    from glueforge.graphs import Models
+
+    config = Config.load(project / "models.yaml")
+    m = config.model(model)
+    weights = {role: weight_path(download_cache, config.project.weights[getattr(m, role).weights])
+               for role in ("extractor", "matcher")}
+    return Models(config.export_settings(model, "cpu"), weights)
+
+
+def assert_parity(project: Path, model: str, target: str, download_cache: Path, thresholds: dict[str, float]) -> str:
+    """Parity of a built bundle against kornia on ../shared/data: the table, written to
+    ``$GLUEFORGE_PARITY_REPORT_DIR`` (or the project's artifacts); every pair must meet ``thresholds``."""
+    import pytest
+
+    from validation.parity import bundle_parity, table
+
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
+    bundle = project / "artifacts/store" / model / VERSIONS[model] / target
+    rows = bundle_parity(bundle, reference_models(project, model, download_cache), SHARED_DATA)
+    text = table(model, rows)
+    report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", project / "artifacts"))
+    (report_dir / f"parity-{target}-{model}.txt").write_text(text + "\n")
+    for name, m in rows:
+        for metric, threshold in thresholds.items():
+            assert m[metric] >= threshold, f"{model} on {target}, {name}: {metric} {m[metric]:.5f} < {threshold}\n{text}"
+    return text

@@ -12,46 +12,17 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from glueforge.graphs import Models
 from glueforge.config import Config
-from glueforge.fetch import weight_path
 from glueforge.files import sha256_file
-from validation.parity import bundle_parity, table
 
-from tests.project import REPO, clone_project, doit
+from tests.project import MODELS, VERSIONS, assert_parity, clone_project, doit
 
 log = logging.getLogger(__name__)
-# ../shared/data beside the checkout (as in CI); GLUEFORGE_SHARED_DATA points elsewhere
-SHARED_DATA = Path(os.environ.get("GLUEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
-MODELS = ("aliked_lightglue", "disk_lightglue", "xfeat_lighterglue")
-# Acceptance thresholds of the parity against kornia (issue: end to end on real weights)
-VERSIONS = {m: Config.load(REPO / "models.yaml").model(m).version for m in MODELS}
-PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}
-
-
-@pytest.fixture(scope="session")
-def remote_cache(s3_server) -> dict[str, str]:
-    """The environment of runners that share one S3 store as their remote build cache."""
-    return {"GLUEFORGE_REMOTE_CACHE": s3_server.url("cache"), "GLUEFORGE_S3_ENDPOINT": s3_server.endpoint}
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory, download_cache, remote_cache) -> Path:
-    """Clone A: a cold `doit build target=cpu` that fills the remote cache."""
-    project = clone_project(tmp_path_factory.mktemp("project"))
-    start = time.monotonic()
-    proc, executed, _ = doit(project, "build", "target=cpu", env=remote_cache)
-    (project / "cold_build_seconds").write_text(f"{time.monotonic() - start:.1f}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for stage in ("export", "simplify", "engine", "validate", "bundle"):
-        for model in MODELS:
-            assert f"{stage}:cpu:{model}" in executed
-    return project
+PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}  # the issue's acceptance
 
 
 def test_bundles_have_verified_manifests(built):
@@ -146,28 +117,11 @@ def test_validation_failure_stops_the_bundle(built, tmp_path):
 
 # -- parity of the bundled graphs against kornia on ../shared/data ---------------------------------------
 
-def _reference_models(project: Path, model: str, download_cache: Path) -> Models:
-    config = Config.load(project / "models.yaml")
-    m = config.model(model)
-    weights = {role: weight_path(download_cache, config.project.weights[getattr(m, role).weights])
-               for role in ("extractor", "matcher")}
-    return Models(config.export_settings(model, "cpu"), weights)
-
-
 @pytest.mark.parametrize("model", MODELS)
 def test_parity_of_bundled_graphs_with_kornia(built, download_cache, model, record_property):
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
-    bundle = built / "artifacts" / "store" / model / VERSIONS[model] / "cpu"
-    rows = bundle_parity(bundle, _reference_models(built, model, download_cache), SHARED_DATA)
-    text = table(model, rows)
+    text = assert_parity(built, model, "cpu", download_cache, PARITY)
     log.info("parity of the bundled %s graphs against kornia:\n%s", model, text)
     record_property("parity", text)
-    report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", built / "artifacts"))
-    (report_dir / f"parity-{model}.txt").write_text(text + "\n")
-    for name, m in rows:
-        for metric, threshold in PARITY.items():
-            assert m[metric] >= threshold, f"{model} {name}: {metric} {m[metric]:.5f} < {threshold}"
 
 
 # -- publishing from the task graph -----------------------------------------------------------------------

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import re
 from pathlib import Path
 
 import onnx
 import pytest
 
 from glueforge.files import sha256_file
-from validation.parity import bundle_parity, table
 
-from tests.project import clone_project, doit
-from tests.test_build import MODELS, SHARED_DATA, VERSIONS, _reference_models
+from tests.project import MODELS, VERSIONS, assert_parity, clone_project, doit
 
 log = logging.getLogger(__name__)
 TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}
@@ -64,14 +62,22 @@ def test_rtx_second_run_executes_nothing(rtx_built):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_fp16_onnx_parity_with_fp32_reference(rtx_built, download_cache, model):
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
-    bundle = rtx_built / "artifacts/store" / model / VERSIONS[model] / "rtx"
-    rows = bundle_parity(bundle, _reference_models(rtx_built, model, download_cache), SHARED_DATA)
-    text = table(model, rows)
+    text = assert_parity(rtx_built, model, "rtx", download_cache, FP16_PARITY)
     log.info("FP16 ONNX (rtx) against kornia FP32:\n%s", text)
-    report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", rtx_built / "artifacts"))
-    (report_dir / f"parity-fp16-{model}.txt").write_text(text + "\n")
-    for name, m in rows:
-        for metric, threshold in FP16_PARITY.items():
-            assert m[metric] >= threshold, f"{model} {name}: {metric} {m[metric]:.5f} < {threshold}"
+
+
+def test_lint_refusal_prints_one_message_and_no_traceback(rtx_built, tmp_path):
+    """A runtime whose parser lacks an op the graph uses: the fuse stage refuses, in one message."""
+    project = clone_project(tmp_path, artifacts_from=rtx_built)
+    module = project / "runtimes/tensorrt_rtx.py"
+    text = module.read_text()
+    assert 'refused={"NonZero":' in text
+    module.write_text(text.replace('refused={"NonZero":', 'refused={"TopK": "no TopK in this test\'s parser", "NonZero":'))
+    fused_before = sorted(p.name for p in (project / "artifacts/cas/fuse").iterdir())
+    proc, executed, _ = doit(project, "fuse", "target=rtx", "model=xfeat_lighterglue")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and executed == ["fuse:rtx:xfeat_lighterglue"], out[-3000:]
+    assert "Traceback" not in out
+    assert out.count("problem(s) for TensorRT-RTX's ONNX parser") == 1, out[-3000:]
+    assert re.search(r"TopK.*no TopK in this test's parser", out)
+    assert sorted(p.name for p in (project / "artifacts/cas/fuse").iterdir()) == fused_before  # nothing cached

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -23,10 +22,9 @@ from glueforge.graphs import Models, graph_io
 from validation.images import load, shared_pairs
 from validation.metrics import matches_of_pair, pair_metrics
 
-from tests.project import REPO
+from tests.project import REPO, SHARED_DATA
 
 log = logging.getLogger(__name__)
-SHARED_DATA = REPO.parent / "shared" / "data"
 MODEL = "xfeat_lighterglue"
 PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}
 

@@ -1,0 +1,151 @@
+"""OpenVINO on the CPU (``pip install openvino``), FP32.
+
+- prepare: nothing to do; OpenVINO's ONNX frontend reads the plain graph (no
+  ``com.microsoft`` fusion, which it would not import) and fuses attention itself;
+- engine: the OpenVINO IR (``<graph>.xml`` + ``<graph>.bin``, from ``ov.convert_model`` and
+  ``ov.save_model`` with FP32 weights) plus the compile properties it must be run with
+  (``openvino.json``). Each IR is compiled once here with exactly those properties, so a graph
+  the device rejects fails this stage, not the application. The IR, not a compiled blob, is
+  the engine: it is portable across CPUs and later OpenVINO releases, and the compiled blob is
+  tied to both;
+- runner: a polygraphy runner over ``Core.compile_model`` with the recorded properties. FP32
+  is pinned with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with AMX or AVX512-BF16 OpenVINO
+  otherwise infers in BF16.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping
+
+from pydantic import Field
+from typing_extensions import Annotated
+
+from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable, Incompatible
+from glueforge.schema import Strict, TargetSpec
+
+log = logging.getLogger(__name__)
+NAME = "openvino"
+TOOLS = ()  # prepare writes the graph as it came
+PROPERTIES = "openvino.json"
+measured_with = "the engine itself, OpenVINO on the CPU"
+
+
+class Compile(Strict):
+    """Compile properties of the IR (``ov.Core.compile_model``)."""
+
+    device: Literal["CPU"] = "CPU"
+    num_threads: Annotated[int, Field(ge=0)] = 0  # INFERENCE_NUM_THREADS; 0: OpenVINO's default
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+
+    def properties(self, precision: str) -> dict[str, Any]:
+        props: dict[str, Any] = {"PERFORMANCE_HINT": self.performance_hint, "INFERENCE_PRECISION_HINT": {"fp32": "f32"}[precision]}
+        if self.num_threads:
+            props["INFERENCE_NUM_THREADS"] = self.num_threads
+        return props
+
+
+class Target(TargetSpec):
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    runtime: Literal["openvino"]
+    compile: Compile = Compile()
+
+
+def installed_version() -> str | None:
+    from glueforge.machine import package_version
+
+    return package_version("openvino")
+
+
+def versions() -> dict[str, str | None]:
+    return {NAME: installed_version()}
+
+
+def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
+    return model, {}
+
+
+def compiled(directory: Path, graph: str):
+    """The IR of ``graph`` in an engine directory, compiled with its recorded properties,
+    and the graph's output names in the order of the compiled model's outputs."""
+    import openvino as ov
+
+    recorded = json.loads((Path(directory) / PROPERTIES).read_text())
+    model = ov.Core().compile_model(str(Path(directory) / f"{graph}.xml"), recorded["device"], recorded["properties"])
+    wanted = recorded["outputs"][graph]
+    names = [next((n for n in wanted if n in port.get_names()), port.get_any_name()) for port in model.outputs]
+    return model, names
+
+
+def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildContext) -> dict[str, Any]:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise EngineUnavailable("OpenVINO is not installed: pip install openvino (or the project's build extra)") from None
+    core = ov.Core()
+    if target.compile.device not in core.available_devices:
+        raise EngineUnavailable(f"OpenVINO {ov.get_version()} here has no {target.compile.device} device; "
+                                f"available: {core.available_devices}")
+    recorded = {"device": target.compile.device, "properties": target.compile.properties(target.precision),
+                # a compiled output tensor may carry internal names too: the runner picks the graph's own
+                "outputs": {name: [t["name"] for t in context.io[name]["outputs"]] for name in graphs}}
+    (out / PROPERTIES).write_text(json.dumps(recorded, indent=1))
+    for name, source in graphs.items():
+        try:
+            model = ov.convert_model(str(source))
+            ov.save_model(model, str(out / f"{name}.xml"), compress_to_fp16=False)
+            _, names = compiled(out, name)  # compiles with the recorded properties, or raises
+        except Exception as e:  # OpenVINO raises RuntimeError/OpConversionFailure with the frontend's message
+            raise EngineBuildError(f"{source.name}: OpenVINO {ov.get_version()} refused the graph: {e}") from None
+        if names != recorded["outputs"][name]:
+            raise EngineBuildError(f"{source.name}: OpenVINO's outputs {names} are not the graph's {recorded['outputs'][name]}")
+        log.info("engine %s: OpenVINO IR, %d bytes of weights", name, (out / f"{name}.bin").stat().st_size)
+    return {"runtime": NAME, NAME: installed_version(), "openvino_build": ov.get_version(), **recorded,
+            "files": {g: f"{g}.xml" for g in sorted(graphs)}}
+
+
+def runner(directory: Path, graph: str, name: str):
+    """A polygraphy runner of ``graph`` in an engine directory, compiled with its recorded properties."""
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+    from polygraphy.datatype import DataType
+
+    class OpenVinoRunner(BaseRunner):
+        def __init__(self) -> None:
+            super().__init__(name=name, prefix="openvino-runner")
+
+        def activate_impl(self) -> None:
+            self.model, self.output_names = compiled(directory, graph)
+            self.request = self.model.create_infer_request()
+
+        def get_input_metadata_impl(self) -> TensorMetadata:
+            meta = TensorMetadata()
+            for port in self.model.inputs:
+                shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+                meta.add(port.get_any_name(), dtype=DataType.from_dtype(port.get_element_type().to_dtype()), shape=shape)
+            return meta
+
+        def infer_impl(self, feed_dict):
+            start = time.time()
+            results = self.request.infer(dict(feed_dict))
+            self.inference_time = time.time() - start
+            return OrderedDict((name, results[port].copy()) for name, port in zip(self.output_names, self.model.outputs))
+
+        def deactivate_impl(self) -> None:
+            del self.request, self.model, self.output_names
+
+    return OpenVinoRunner()
+
+
+def check_compatibility(manifest: Mapping[str, Any]) -> None:
+    """An IR loads in the OpenVINO release that wrote it and later ones, not earlier ones."""
+    from packaging.version import Version
+
+    built, installed = manifest["runtime"].get(NAME), installed_version()
+    if installed is None or (built and Version(installed).release[:2] < Version(built).release[:2]):
+        raise Incompatible(f"{manifest['model']} {manifest['version']} for {manifest['target']} needs OpenVINO {built} "
+                           f"or later; this machine has {installed or 'none'}")

@@ -1,0 +1,91 @@
+"""The `openvino` target: OpenVINO IR built and run on this CPU, validated like `cpu`.
+
+It builds in the project that test_build's cold `cpu` build left (the `built` fixture), so
+the export and simplify stages, which do not depend on the runtime, come from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from glueforge.config import Config, ConfigError
+from glueforge.files import sha256_file
+from glueforge.runtime import Incompatible
+from runtimes import openvino
+
+from tests.project import MODELS, VERSIONS, assert_parity, doit
+
+log = logging.getLogger(__name__)
+PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}  # as for cpu
+
+
+@pytest.fixture(scope="module")
+def openvino_built(built) -> Path:
+    proc, executed, skipped = doit(built, "build", "target=openvino")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for model in MODELS:
+        assert {f"engine:openvino:{model}", f"validate:openvino:{model}", f"bundle:openvino:{model}"} <= set(executed)
+        assert f"export:openvino:{model}" not in executed  # the runtime-independent stages are shared with cpu
+    return built
+
+
+def test_openvino_bundles_hold_the_ir_and_pass_cpu_thresholds(openvino_built):
+    config = Config.load(openvino_built / "models.yaml")
+    assert config.target("openvino").thresholds == config.target("cpu").thresholds
+    for model in MODELS:
+        bundle = openvino_built / "artifacts/store" / model / VERSIONS[model] / "openvino"
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        runtime = manifest["runtime"]
+        assert runtime["runtime"] == "openvino" and runtime["openvino"] == openvino.installed_version()
+        assert runtime["properties"]["INFERENCE_PRECISION_HINT"] == "f32" and runtime["device"] == "CPU"
+        assert manifest["validation"]["status"] == "passed" and manifest["precision"] == "fp32"
+        for graph in ("end2end", "extractor", "matcher"):
+            for suffix in (".xml", ".bin"):
+                name = graph + suffix
+                assert manifest["files"][name]["sha256"] == sha256_file(bundle / name)
+            assert (bundle / f"{graph}.bin").stat().st_size > 100_000  # FP32 weights, not compressed to FP16
+        assert json.loads((bundle / openvino.PROPERTIES).read_text())["properties"] == runtime["properties"]
+
+
+def test_runner_returns_the_graph_output_names(openvino_built):
+    """A compiled output tensor can carry internal names (ALIKED's keypoints do); the runner uses the graph's."""
+    bundle = openvino_built / "artifacts/store/aliked_lightglue" / VERSIONS["aliked_lightglue"] / "openvino"
+    io = json.loads((bundle / "io.json").read_text())
+    images = np.random.default_rng(0).random((2, 3, 480, 640), dtype=np.float32)
+    with openvino.runner(bundle, "end2end", "end2end") as runner:
+        outputs = runner.infer({"images": images})
+        assert list(runner.get_input_metadata()) == ["images"]
+    assert list(outputs) == [t["name"] for t in io["graphs"]["end2end"]["outputs"]]
+    assert outputs["keypoints"].shape == (2, 1024, 2) and outputs["matches"].shape[1] == 3
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_parity_of_openvino_bundles_with_kornia(openvino_built, download_cache, model):
+    text = assert_parity(openvino_built, model, "openvino", download_cache, PARITY)
+    log.info("parity of the openvino %s bundle against kornia:\n%s", model, text)
+
+
+def test_an_older_openvino_is_refused_on_pull(monkeypatch):
+    manifest = {"model": "m", "version": "1.0.0", "target": "openvino", "runtime": {"runtime": "openvino", "openvino": "2026.4.1"}}
+    monkeypatch.setattr(openvino, "installed_version", lambda: "2025.3.0")
+    with pytest.raises(Incompatible, match="needs OpenVINO 2026.4.1 or later; this machine has 2025.3.0"):
+        openvino.check_compatibility(manifest)
+    monkeypatch.setattr(openvino, "installed_version", lambda: "2026.5.0")
+    openvino.check_compatibility(manifest)
+
+
+def test_fp16_openvino_target_is_refused_when_models_yaml_loads(tmp_path):
+    from tests.project import REPO
+
+    data = yaml.safe_load((REPO / "models.yaml").read_text())
+    data["targets"]["openvino"]["precision"] = "fp16"
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"targets\.openvino: runtime .openvino. builds precision fp32, not .fp16."):
+        Config.load(path)
