@@ -45,7 +45,7 @@ def load_error(path: Path) -> str:
 def test_real_models_yaml_loads():
     config = Config.load(MODELS_YAML)
     assert set(config.project.models) == {"aliked_lightglue", "disk_lightglue", "xfeat_lighterglue"}
-    assert set(config.project.targets) == {"cpu", "orin_nano", "orin_nx", "agx_orin", "rtx_2060", "rtx"}
+    assert set(config.project.targets) == {"cpu", "openvino", "orin_nano", "orin_nx", "agx_orin", "rtx_2060", "rtx"}
     assert config.path == MODELS_YAML
     for model in config.project.models:
         for role in ("extractor", "matcher"):

@@ -89,3 +89,36 @@ def test_fp16_openvino_target_is_refused_when_models_yaml_loads(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"targets\.openvino: runtime .openvino. builds precision fp32, not .fp16."):
         Config.load(path)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_instance_norm_written_out_equals_onnxruntime(opset, tmp_path):
+    """The rewrite keeps the function (onnxruntime before and after, and OpenVINO after).
+
+    A lone InstanceNormalization does not show the MVN kernel's error (it shows inside DISK,
+    fused with its neighbours); what the rewrite buys is proved by DISK's openvino parity above.
+    """
+    import onnx
+    import onnxruntime as ort
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    channels = 4
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=1e-5, name="norm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 24, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 24, 32])],
+        [numpy_helper.from_array(rng.normal(size=channels).astype(np.float32), "scale"),
+         numpy_helper.from_array(rng.normal(size=channels).astype(np.float32), "bias")]),
+        opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    x = (rng.normal(size=(3, channels, 24, 32)) * 0.05 + 2.0).astype(np.float32)  # small variance, large mean
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    before = run(model)
+    prepared, meta = openvino.prepare(model, "g", None)
+    assert meta == {"instance_norms_written_out": 1}
+    assert "InstanceNormalization" not in {n.op_type for n in prepared.graph.node}
+    np.testing.assert_allclose(run(prepared), before, atol=2e-5)
+    onnx.save(prepared, tmp_path / "prepared.onnx")
+    compiled = ov.Core().compile_model(ov.convert_model(tmp_path / "prepared.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled({"x": x})[0], before, atol=2e-5)
