@@ -98,7 +98,7 @@ def _jobs(stages, models=MODELS, targets=TARGETS) -> set[str]:
     # modules no stage uses: nothing
     ("glueforge/pull.py", set()),
     ("glueforge/cli.py", set()),
-    ("benchmarks/runtimes.py", set()),
+    ("benchmarks/runtime_latency.py", set()),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_stage_identity_follows_the_imports(project, before, module, expected):
     assert _changed_after_editing(project, before, module) == expected

@@ -1,6 +1,6 @@
 """Benchmark: end-to-end latency per image pair of each model on CPU runtimes, in one run.
 
-    python benchmarks/runtimes.py [--targets cpu,openvino] [--threads 2] [--repeats 20] [--models ...]
+    python benchmarks/runtime_latency.py [--targets cpu,openvino] [--threads 2] [--repeats 20] [--models ...]
 
 For every model and target it takes the engine the build made (building the stages it
 needs), runs its ``end2end`` graph (one pair of 480x640 images in, keypoints and matches out)
