@@ -44,7 +44,11 @@ def bundle_parity(bundle: Path, models: Models, data_dir: Path) -> list[tuple[st
 
 
 def table(model: str, rows: list[tuple[str, dict[str, float]]]) -> str:
-    return "\n".join(
+    """One row per pair, named by its first image (a wide-baseline pair, or a frame and the next):
+    keypoints with a mutual nearest neighbour within 1 px, descriptor cosine on them (mean, min),
+    share of the reference's matches reproduced, matches (bundle / reference)."""
+    header = f"{'model':17s} {'pair (first image)':34s} against the unpatched upstream model, same weights and K"
+    return header + "\n" + "\n".join(
         f"{model:17s} {name:34s} mnn={m['keypoint_mnn']:.4f} cos_mean={m['descriptor_cosine_mean']:.6f} "
         f"cos_min={m['descriptor_cosine_min']:.6f} recall={m['match_recall']:.4f} "
         f"matches={int(m['matches'])}/{int(m['reference_matches'])}"
