@@ -130,16 +130,18 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
 
 # -- shapes -----------------------------------------------------------------------------------
 def profile_shapes(inputs: Sequence[Mapping[str, Any]], batch: BatchProfile) -> dict[str, tuple[list[int], list[int], list[int]]]:
-    """min/opt/max shapes of each dynamic input: ``2B`` and ``N`` are 2 x pairs, ``B`` is pairs."""
+    """min/opt/max shapes of each dynamic input: ``2B`` is 2 x pairs and ``B`` is pairs; ``N`` (the
+    extractor's images) is 2 x pairs at opt and max but 1 at min, so that a tracking loop can
+    extract each new frame on its own."""
     shapes = {}
     for tensor in inputs:
         dims = tensor["shape"]
         if all(isinstance(d, int) for d in dims):
             continue
         per = {"2B": 2, "N": 2, "B": 1}
-        shapes[tensor["name"]] = tuple(
-            [d if isinstance(d, int) else per[d] * pairs for d in dims] for pairs in (batch.min, batch.opt, batch.max)
-        )
+        lo, opt, hi = ([d if isinstance(d, int) else per[d] * pairs for d in dims] for pairs in (batch.min, batch.opt, batch.max))
+        lo = [1 if d == "N" else v for d, v in zip(dims, lo)]
+        shapes[tensor["name"]] = (lo, opt, hi)
     return shapes
 
 

@@ -65,6 +65,21 @@ def test_runner_returns_the_graph_output_names(openvino_built):
     assert outputs["keypoints"].shape == (2, 1024, 2) and outputs["matches"].shape[1] == 3
 
 
+@pytest.mark.parametrize("target", ["cpu", "openvino"])
+def test_extractor_takes_a_single_frame(openvino_built, target):
+    """A tracking loop extracts each new frame once: the extractor graph runs on one image."""
+    from glueforge import registry
+
+    for model in MODELS:
+        bundle = openvino_built / "artifacts/store" / model / VERSIONS[model] / target
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        frame = np.random.default_rng(1).random((1, 3, 480, 640), dtype=np.float32)
+        with registry.runtime(manifest["runtime"]["runtime"]).runner(bundle, "extractor", "extractor") as runner:
+            outputs = runner.infer({"images": frame})
+        k = manifest["keypoints"]
+        assert outputs["keypoints"].shape == (1, k, 2) and outputs["descriptors"].shape[:2] == (1, k)
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_parity_of_openvino_bundles_with_kornia(openvino_built, download_cache, model):
     text = assert_parity(openvino_built, model, "openvino", download_cache, PARITY)

@@ -101,8 +101,11 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
         assert "--fp16" in flags and flags["--precisionConstraints"] == "obey" and ":fp32" in flags["--layerPrecisions"]
         assert "--skipInference" in flags and flags["--exportLayerInfo"].endswith(".layers.json")
         assert flags["--timingCacheFile"].endswith(".cache") and "sm87-trt10.3.0-" in flags["--timingCacheFile"]
-        if "images" in flags.get("--minShapes", ""):
-            assert flags["--minShapes"].startswith("images:2x3x480x640") and flags["--maxShapes"].startswith("images:4x3x480x640")
+        if "images" in flags.get("--minShapes", ""):  # end2end: a pair at least; extractor: one image (per frame)
+            assert flags["--minShapes"] in ("images:2x3x480x640", "images:1x3x480x640")
+            assert flags["--maxShapes"].startswith("images:4x3x480x640")
+    extractor = next(args for args in builds if any(a.startswith("--saveEngine=") and a.endswith("extractor.engine") for a in args))
+    assert "--minShapes=images:1x3x480x640" in extractor
     engines = list((fused / "artifacts/cas/engine").glob("*/*.engine"))
     assert {e.stem for e in engines} == {"end2end", "extractor", "matcher"}
     assert all(json.loads(e.read_text())["stand_in_engine"] for e in engines)
@@ -153,7 +156,8 @@ def test_python_builder_path_with_stand_in(fused):
         assert record["timing_cache"] is True
         shapes = record["profiles"][0]
         first = next(iter(shapes.values()))
-        assert [s[0] for s in first] == [2, 4, 8]  # agx_orin: 1, 2, 4 pairs
+        # agx_orin: 1, 2, 4 pairs; the extractor also takes a single image
+        assert [s[0] for s in first] == ([1, 4, 8] if graph == "extractor" else [2, 4, 8])
         assert meta["engines"][graph]["weights_memory_bytes"] == 1234
 
 
@@ -172,6 +176,10 @@ def test_trtexec_command_and_output_parsing(tmp_path):
     assert parse_trtexec(log) == {"tensorrt_version": "10.3.0", "compute_capability": "8.7", "passed": False,
                                   "errors": ["[E] Error[4]: bad"]}
     assert profile_shapes([{"name": "k", "shape": ["B", 1024]}], target.batch) == {"k": ([1, 1024], [1, 1024], [2, 1024])}
+    # the extractor takes one image (per-frame extraction); pairs elsewhere
+    assert profile_shapes([{"name": "images", "shape": ["N", 3, 480, 640]}], target.batch) == {
+        "images": ([1, 3, 480, 640], [2, 3, 480, 640], [4, 3, 480, 640])}
+    assert profile_shapes([{"name": "images", "shape": ["2B", 3, 480, 640]}], target.batch)["images"][0] == [2, 3, 480, 640]
 
 
 def test_timing_cache_is_keyed_and_never_mixed(tmp_path):

@@ -48,6 +48,9 @@ def test_rtx_bundles_hold_real_engines(rtx_built, target):
             engine = runtime["engines"][graph]
             assert engine["engine_bytes"] == (bundle / f"{graph}.engine").stat().st_size > 1_000_000
             assert engine["weights_memory_bytes"] > 0 and engine["activation_memory_bytes"] > 0
+            images = engine["profile_shapes"].get("images")
+            if images:  # min/opt/max: the extractor takes one image (per-frame extraction), end2end a pair
+                assert images[0][0] == (1 if graph == "extractor" else 2) and images[2][0] == 2 * 2  # batch max 2 pairs
             assert manifest["files"][f"{graph}.engine"]["sha256"] == sha256_file(bundle / f"{graph}.engine")
             model_fp16 = onnx.load(str(bundle / f"{graph}.onnx"), load_external_data=False)
             assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model_fp16.graph.initializer)
