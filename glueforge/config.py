@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from glueforge import GlueforgeError, registry
-from glueforge.schema import ExtractorSpec, MatcherSpec, Strict, TargetSpec
+from glueforge.schema import ExtractorSpec, MatcherSpec, Strict, TargetSpec, missing_keypoint_inputs
 
 
 class ConfigError(GlueforgeError):
@@ -159,6 +159,10 @@ def project_schema() -> type[BaseModel]:
             if self.matcher.input_dim != self.extractor.descriptor_dim:
                 raise ValueError(f"matcher takes {self.matcher.input_dim}-D descriptors; extractor "
                                  f"{self.extractor.family} gives {self.extractor.descriptor_dim}-D")
+            missing = missing_keypoint_inputs(self.extractor, self.matcher)
+            if missing:
+                raise ValueError(f"matcher {self.matcher.family} takes per-keypoint {missing}; extractor "
+                                 f"{self.extractor.family} gives {list(self.extractor.keypoint_features) or 'none'}")
             return self
 
     class Project(Strict):

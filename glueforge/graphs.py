@@ -10,6 +10,12 @@ Interface (DESIGN.md, "Model interface"), the convention LightGlue-ONNX users kn
 - ``matcher``: ``keypoints`` (2B, K, 2) pixels and ``descriptors`` (2B, K, D), interleaved
   as above -> ``matches`` (M, 3), ``mscores`` (M,). The image size is a graph constant.
 
+Families may add per-keypoint features (N, K) after the descriptors: the extractor's
+``keypoint_features`` are extra outputs of ``extractor``, and the matcher's
+``keypoint_inputs`` (a subset) extra inputs of ``matcher`` (SIFT's scales and orientations
+for LightGlue). The matcher module is called with ``(keypoints0, keypoints1, descriptors0,
+descriptors1, feature0, feature1, ...)``, one pair per keypoint input.
+
 TensorRT targets take the dense match outputs instead (``match_output: dense``):
 ``matches0`` int64 (B, K), the index in image 1 of each keypoint of image 0 or -1, and
 ``mscores0`` float32 (B, K). No tensor then has a data-dependent shape: TensorRT-RTX has no
@@ -64,23 +70,30 @@ class MatcherGraph(nn.Module):
         self.matcher = matcher
         self.dense = dense
 
-    def forward(self, keypoints: torch.Tensor, descriptors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        matches0, mscores0 = self.matcher(keypoints[0::2], keypoints[1::2], descriptors[0::2], descriptors[1::2])
+    def forward(self, keypoints: torch.Tensor, descriptors: torch.Tensor, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [half for f in features for half in (f[0::2], f[1::2])]
+        matches0, mscores0 = self.matcher(keypoints[0::2], keypoints[1::2], descriptors[0::2], descriptors[1::2], *pairs)
         if self.dense:
             return matches0, mscores0
         return dense_to_matches(matches0, mscores0)
 
 
 class EndToEndGraph(nn.Module):
-    def __init__(self, extractor: nn.Module, matcher: nn.Module, dense: bool = False) -> None:
+    def __init__(self, extractor: nn.Module, matcher: nn.Module, dense: bool = False, feature_index: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.extractor = extractor
         self.matcher = MatcherGraph(matcher, dense)
+        self.feature_index = feature_index  # which of the extractor's keypoint features the matcher takes
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        keypoints, _, descriptors = self.extractor(images)
-        matches, mscores = self.matcher(keypoints, descriptors)
+        keypoints, _, descriptors, *features = self.extractor(images)
+        matches, mscores = self.matcher(keypoints, descriptors, *(features[i] for i in self.feature_index))
         return keypoints, matches, mscores
+
+
+def feature_index(extractor: Any, matcher: Any) -> tuple[int, ...]:
+    """Positions among the extractor's ``keypoint_features`` of the matcher's ``keypoint_inputs``."""
+    return tuple(extractor.keypoint_features.index(name) for name in matcher.keypoint_inputs)
 
 
 def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -100,9 +113,11 @@ def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[
             TensorSpec("keypoints", "float32", ("N", k, 2)),
             TensorSpec("scores", "float32", ("N", k)),
             TensorSpec("descriptors", "float32", ("N", k, descriptor_dim)),
+            *(TensorSpec(f, "float32", ("N", k)) for f in spec.extractor.keypoint_features),
         ]
     if name == "matcher":
-        return [keypoints_pairs, TensorSpec("descriptors", "float32", ("2B", k, descriptor_dim))], matches
+        features = [TensorSpec(f, "float32", ("2B", k)) for f in spec.matcher.keypoint_inputs]
+        return [keypoints_pairs, TensorSpec("descriptors", "float32", ("2B", k, descriptor_dim)), *features], matches
     raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
 
 
@@ -127,7 +142,7 @@ class Models:
     def graph(self, name: str) -> nn.Module:
         dense = self.spec.match_output == "dense"
         if name == "end2end":
-            return EndToEndGraph(self.extractor, self.matcher, dense).eval()
+            return EndToEndGraph(self.extractor, self.matcher, dense, feature_index(self.spec.extractor, self.spec.matcher)).eval()
         if name == "extractor":
             return ExtractorGraph(self.extractor).eval()
         if name == "matcher":
@@ -138,8 +153,8 @@ class Models:
         """Inputs of graph ``name`` derived from an interleaved image batch (2B, C, H, W)."""
         if name == "matcher":
             with torch.no_grad():  # inference-mode tensors cannot be traced
-                keypoints, _, descriptors = self.extractor(images)
-            return keypoints, descriptors
+                keypoints, _, descriptors, *features = self.extractor(images)
+            return (keypoints, descriptors, *(features[i] for i in feature_index(self.spec.extractor, self.spec.matcher)))
         return (images,)
 
     # -- the upstream reference, unpatched ----------------------------------------------------

@@ -21,12 +21,14 @@ class Strict(BaseModel):
 
 
 class ExtractorSpec(Strict):
-    """A keypoint extractor: ``images (N, C, H, W) -> keypoints (N, K, 2), scores (N, K), descriptors (N, K, D)``."""
+    """A keypoint extractor: ``images (N, C, H, W) -> keypoints (N, K, 2), scores (N, K), descriptors (N, K, D)``,
+    then one (N, K) output per name in ``keypoint_features`` (for example SIFT's scales and orientations)."""
 
     role: ClassVar[str] = "extractor"
     channels: ClassVar[int] = 3  # C of the ``images`` input
     colour: ClassVar[str] = "RGB"  # "RGB" or "L" (grey)
     divisor: ClassVar[int] = 8  # H and W must be multiples of it
+    keypoint_features: ClassVar[tuple[str, ...]] = ()  # extra per-keypoint outputs, in this order
     family: str
     weights: str
 
@@ -46,6 +48,17 @@ class MatcherSpec(Strict):
     def input_dim(self) -> int:
         """The descriptor size it takes."""
         raise NotImplementedError
+
+    @property
+    def keypoint_inputs(self) -> tuple[str, ...]:
+        """Per-keypoint features it takes besides keypoints and descriptors, each (2B, K), in this
+        order (LightGlue with ``add_scale_ori``: scales and orientations); the extractor must give them."""
+        return ()
+
+
+def missing_keypoint_inputs(extractor: ExtractorSpec, matcher: MatcherSpec) -> list[str]:
+    """The per-keypoint features ``matcher`` takes that ``extractor`` does not give."""
+    return [name for name in matcher.keypoint_inputs if name not in extractor.keypoint_features]
 
 
 class Tolerance(Strict):
