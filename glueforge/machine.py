@@ -39,13 +39,6 @@ def package_version(*names: str) -> str | None:
     return None
 
 
-def distribution_of(module: str) -> str:
-    """The distribution that provides the importable ``module`` (dotted path), found without importing it;
-    the top-level name where none is installed."""
-    top = module.split(".")[0]
-    return (metadata.packages_distributions().get(top) or [top])[0]
-
-
 def pinned_versions() -> dict[str, str]:
     """Exact pins (``name==X``) of glueforge's requirements."""
     from packaging.requirements import Requirement

@@ -175,7 +175,8 @@ class Pipeline:
 
     # -- provenance -------------------------------------------------------------------------
     def tools(self, job: Job) -> dict[str, str]:
-        """The tool versions in the action keys of the stages that shaped the engine."""
+        """The tool versions in the action keys of the stages behind the bundle (export to validate);
+        ``None`` for a runtime package that is not installed here."""
         tools: dict[str, str] = {}
         pending, seen = list(self.needs("bundle", job)), set()
         while pending:

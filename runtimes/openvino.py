@@ -80,13 +80,17 @@ def unfuse_instance_norm(model) -> int:
     """Rewrite each ``InstanceNormalization`` (in place) so that OpenVINO's MVN fusion does not match it.
 
     ``y = scale * (x - mean) / sqrt(ReduceSumSquare(x - mean) / N + eps) + bias`` over the
-    spatial axes, N their size (from the input's shape, so the batch stays dynamic).
+    spatial axes (2 ..), N their size (from the input's shape at run time, so every dimension
+    may stay dynamic). The input's rank comes from the graph's shape information (the
+    simplify stage infers every tensor's shape).
     """
     import onnx
     from onnx import TensorProto, helper
 
     graph = model.graph
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.input, *graph.value_info, *graph.output)
+             if v.type.tensor_type.HasField("shape")}
     nodes, count = [], 0
     for node in graph.node:
         if node.op_type != "InstanceNormalization":
@@ -94,15 +98,20 @@ def unfuse_instance_norm(model) -> int:
             continue
         count += 1
         x, scale, bias = node.input
+        if x not in ranks:
+            raise EngineBuildError(f"InstanceNormalization {node.name!r}: the rank of its input {x!r} is unknown; "
+                                   "the simplify stage's shape inference should have recorded it")
+        spatial = list(range(2, ranks[x]))
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         p = f"{node.name or node.output[0]}/unfused"
         graph.initializer.extend([helper.make_tensor(f"{p}/eps", TensorProto.FLOAT, [], [eps]),
-                                  helper.make_tensor(f"{p}/per_channel", TensorProto.INT64, [3], [-1, 1, 1])])
+                                  helper.make_tensor(f"{p}/per_channel", TensorProto.INT64, [len(spatial) + 1],
+                                                     [-1] + [1] * len(spatial))])
         if opset >= 18:  # axes became an input of the Reduce ops
-            graph.initializer.append(helper.make_tensor(f"{p}/axes", TensorProto.INT64, [2], [2, 3]))
+            graph.initializer.append(helper.make_tensor(f"{p}/axes", TensorProto.INT64, [len(spatial)], spatial))
             reduce = lambda op, i, o: helper.make_node(op, [i, f"{p}/axes"], [o], keepdims=1)  # noqa: E731
         else:
-            reduce = lambda op, i, o: helper.make_node(op, [i], [o], axes=[2, 3], keepdims=1)  # noqa: E731
+            reduce = lambda op, i, o: helper.make_node(op, [i], [o], axes=spatial, keepdims=1)  # noqa: E731
         nodes += [
             reduce("ReduceMean", x, f"{p}/mean"),
             helper.make_node("Sub", [x, f"{p}/mean"], [f"{p}/centred"]),

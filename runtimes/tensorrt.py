@@ -212,8 +212,23 @@ def _import_tensorrt():
 
 
 # -- the Python API, through Polygraphy's loaders -----------------------------------------------
+_LOGGERS: dict[str, Any] = {}
+
+
 def capturing_logger(trt):
-    """A TensorRT ``ILogger`` that keeps the builder's messages (errors, memory figures) for the manifest."""
+    """A TensorRT ``ILogger`` that keeps the builder's messages (errors, memory figures) for the manifest.
+
+    One per TensorRT module for the whole process, emptied for each build: TensorRT keeps the
+    first logger it is given (for its plugins too), so that one must outlive every build.
+    """
+    logger = _LOGGERS.get(trt.__name__)
+    if logger is None:
+        logger = _LOGGERS[trt.__name__] = _new_capturing_logger(trt)
+    logger.messages.clear()
+    return logger
+
+
+def _new_capturing_logger(trt):
 
     class CapturingLogger(trt.ILogger):
         def __init__(self) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from glueforge.config import Config, ConfigError
 from glueforge.files import sha256_file
-from glueforge.runtime import Incompatible
+from glueforge.runtime import EngineBuildError, Incompatible
 from runtimes import openvino
 
 from tests.project import MODELS, VERSIONS, assert_parity, doit
@@ -106,9 +106,10 @@ def test_fp16_openvino_target_is_refused_when_models_yaml_loads(tmp_path):
         Config.load(path)
 
 
-@pytest.mark.parametrize("opset", [17, 18])
-def test_instance_norm_written_out_equals_onnxruntime(opset, tmp_path):
-    """The rewrite keeps the function (onnxruntime before and after, and OpenVINO after).
+@pytest.mark.parametrize("opset, rank", [(17, 4), (18, 4), (17, 3)])
+def test_instance_norm_written_out_equals_onnxruntime(opset, rank, tmp_path):
+    """The rewrite keeps the function (onnxruntime before and after, and OpenVINO after), with the
+    batch and the spatial dimensions dynamic.
 
     A lone InstanceNormalization does not show the MVN kernel's error (it shows inside DISK,
     fused with its neighbours); what the rewrite buys is proved by DISK's openvino parity above.
@@ -120,14 +121,15 @@ def test_instance_norm_written_out_equals_onnxruntime(opset, tmp_path):
 
     rng = np.random.default_rng(0)
     channels = 4
+    dims = ["N", channels, "H", "W"][:rank]
     model = helper.make_model(helper.make_graph(
         [helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=1e-5, name="norm")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 24, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 24, 32])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
         [numpy_helper.from_array(rng.normal(size=channels).astype(np.float32), "scale"),
          numpy_helper.from_array(rng.normal(size=channels).astype(np.float32), "bias")]),
         opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
-    x = (rng.normal(size=(3, channels, 24, 32)) * 0.05 + 2.0).astype(np.float32)  # small variance, large mean
+    x = (rng.normal(size=(3, channels, 24, 32)[:rank]) * 0.05 + 2.0).astype(np.float32)  # small variance, large mean
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     before = run(model)
     prepared, meta = openvino.prepare(model, "g", None)
@@ -137,3 +139,15 @@ def test_instance_norm_written_out_equals_onnxruntime(opset, tmp_path):
     onnx.save(prepared, tmp_path / "prepared.onnx")
     compiled = ov.Core().compile_model(ov.convert_model(tmp_path / "prepared.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled({"x": x})[0], before, atol=2e-5)
+
+
+def test_instance_norm_of_unknown_rank_is_refused():
+    from onnx import TensorProto, helper
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("InstanceNormalization", ["t", "scale", "bias"], ["y"], name="norm"),
+         helper.make_node("Relu", ["x"], ["t"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    with pytest.raises(EngineBuildError, match="InstanceNormalization 'norm': the rank of its input 't' is unknown"):
+        openvino.prepare(model, "g", None)

@@ -14,7 +14,6 @@ from typing import Any, Mapping
 
 from glueforge import GlueforgeError
 from glueforge.cache import Result
-from glueforge.machine import distribution_of
 from glueforge.stages import Job, Services, Stage, tool_versions
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ class Simplify(Stage):
         return ("export",)
 
     def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        return {"tools": tool_versions("onnx", "onnxsim", distribution_of(SHAPE_INFERENCE))}
+        return {"tools": tool_versions("onnx", "onnxsim", SHAPE_INFERENCE.split(".")[0])}
 
     def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
         return {g: simplify(inputs["export"].file(f"{g}.onnx"), out / f"{g}.onnx") for g in job.graphs}
