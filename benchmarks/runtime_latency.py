@@ -27,11 +27,12 @@ import numpy as np
 from glueforge import registry
 from glueforge.log import configure_logging
 from glueforge.pipeline import Pipeline
+from runtimes import onnxruntime, openvino
 
-# Where each runtime records its thread count in an engine directory (file, setter).
+# Where each runtime records its thread count in an engine directory (its settings file, a setter).
 THREADS = {
-    "onnxruntime": ("session.json", lambda settings, n: settings.update(intra_op_num_threads=n)),
-    "openvino": ("openvino.json", lambda settings, n: settings["properties"].update(INFERENCE_NUM_THREADS=n)),
+    onnxruntime.NAME: (onnxruntime.SESSION, lambda settings, n: settings.update(intra_op_num_threads=n)),
+    openvino.NAME: (openvino.PROPERTIES, lambda settings, n: settings["properties"].update(INFERENCE_NUM_THREADS=n)),
 }
 
 

@@ -139,10 +139,15 @@ class Models:
     def descriptor_dim(self) -> int:
         return self.spec.extractor.descriptor_dim
 
+    @property
+    def feature_index(self) -> tuple[int, ...]:
+        """Which of the extractor's keypoint features the matcher takes, in the matcher's order."""
+        return feature_index(self.spec.extractor, self.spec.matcher)
+
     def graph(self, name: str) -> nn.Module:
         dense = self.spec.match_output == "dense"
         if name == "end2end":
-            return EndToEndGraph(self.extractor, self.matcher, dense, feature_index(self.spec.extractor, self.spec.matcher)).eval()
+            return EndToEndGraph(self.extractor, self.matcher, dense, self.feature_index).eval()
         if name == "extractor":
             return ExtractorGraph(self.extractor).eval()
         if name == "matcher":
@@ -154,7 +159,7 @@ class Models:
         if name == "matcher":
             with torch.no_grad():  # inference-mode tensors cannot be traced
                 keypoints, _, descriptors, *features = self.extractor(images)
-            return (keypoints, descriptors, *(features[i] for i in feature_index(self.spec.extractor, self.spec.matcher)))
+            return (keypoints, descriptors, *(features[i] for i in self.feature_index))
         return (images,)
 
     # -- the upstream reference, unpatched ----------------------------------------------------
