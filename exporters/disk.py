@@ -1,8 +1,10 @@
 """DISK (Tyszkiewicz et al. 2020) through kornia's port, ``depth`` weights.
 
 Keypoints are the K strongest strict maxima of the U-Net heatmap (``nms_window`` square);
-descriptors are the dense descriptors at those pixels, L2-normalised. Input RGB in [0, 1];
-H and W multiples of 16 (the U-Net's depth).
+descriptors are the dense descriptors at those pixels, L2-normalised. An image with fewer than
+K maxima (small or featureless) fills the other slots with padding (keypoint (-1, -1), score 0,
+zero descriptor), where kornia returns the maxima only. Input RGB in [0, 1]; H and W multiples
+of 16 (the U-Net's depth).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _kornia(weights: Path):
 
 
 def reference(spec: Spec, weights: Path, settings: Any):
-    """kornia DISK with the same detection: ``settings.keypoints`` strongest maxima, no score threshold."""
+    """kornia DISK with the same detection: ``settings.keypoints`` strongest maxima, no score threshold
+    (an image with fewer maxima gives all of them, unpadded)."""
     model = _kornia(weights)
 
     def extract(images):

@@ -4,6 +4,11 @@ Early stopping and point pruning are off (``depth_confidence = width_confidence 
 all ``n_layers`` layers run, which is what makes a static graph possible. The architecture
 (descriptor sizes, heads, depth, scale/orientation inputs) of each released checkpoint is in
 ``ARCHITECTURES``, keyed as kornia's ``LightGlue.features`` and LightGlue-ONNX's config are.
+
+The exported matcher takes each image's (width, height) as an input (no image size is baked
+into the graph), SIFT's scales and orientations where the checkpoint reads them
+(``keypoint_inputs``), and padded keypoint sets: slots with x < 0 are masked out of every
+attention and of the assignment, so they never match (``patches/lightglue_fixed_depth``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class Spec(MatcherSpec):
         return ARCHITECTURES[self.features]["input_dim"]
 
     @property
+    def keypoint_inputs(self) -> tuple[str, ...]:
+        """SIFT's LightGlue (``add_scale_ori``) reads each keypoint's scale and orientation (radians)."""
+        return ("scales", "oris") if ARCHITECTURES[self.features].get("add_scale_ori") else ()
+
+    @property
     def layers(self) -> int:
         return self.n_layers or ARCHITECTURES[self.features]["n_layers"]
 
@@ -61,38 +71,59 @@ def _kornia(spec: Spec, weights: Path):
     # LighterGlue nests its state under "matcher."; the released LightGlue checkpoints predate
     # upstream's module renaming (self_attn.i -> transformers.i.self_attn)
     state = {k.removeprefix("matcher."): v for k, v in state.items()}
-    for i in range(spec.layers):
+    for i in range(ARCHITECTURES[spec.features]["n_layers"]):
         for old, new in ((f"self_attn.{i}.", f"transformers.{i}.self_attn."), (f"cross_attn.{i}.", f"transformers.{i}.cross_attn.")):
             state = {k.replace(old, new, 1) if k.startswith(old) else k: v for k, v in state.items()}
     # layers past n_layers are not used at fixed depth; disk_lightglue carries the unused
     # 'log_assignment.<i>.r' tensors of an earlier upstream release; LighterGlue's checkpoint
     # also carries the extractor it was trained with ('extractor.*')
-    deeper = "|".join(rf"(transformers|log_assignment|token_confidence)\.{i}\." for i in range(spec.layers, 9))
-    unused = r"log_assignment\.\d+\.r$|extractor\." + (f"|({deeper})" if deeper else "")
+    # (token_confidence has one entry less: none after the last layer)
+    deeper = [rf"(transformers|log_assignment)\.{i}\." for i in range(spec.layers, 9)]
+    deeper += [rf"token_confidence\.{i}\." for i in range(spec.layers - 1, 8)]
+    unused = r"log_assignment\.\d+\.r$|extractor\." + (f"|({'|'.join(deeper)})" if deeper else "")
     return load_weights(model, state, weights, unused=unused)
 
 
 def reference(spec: Spec, weights: Path, settings: Any):
-    """kornia LightGlue with the checkpoint, fixed depth: ``(features0, features1) -> matches (S, 2), mscores (S,)``."""
+    """kornia LightGlue with the checkpoint, fixed depth: ``(features0, features1) -> matches (S, 2), mscores (S,)``.
+
+    Each features dict holds unpadded numpy ``keypoints`` (n, 2) px and ``descriptors`` (n, D),
+    ``scales`` and ``oris`` (n,) for an ``add_scale_ori`` checkpoint, and optionally
+    ``image_size`` (2,) = (w, h) px (default: ``settings.image_size`` [H, W] swapped).
+    """
+    import numpy as np
     import torch
+
+    from glueforge import GlueforgeError
 
     model = _kornia(spec, weights)
     h, w = settings.image_size
-    size = torch.tensor([[w, h]], dtype=torch.float32)
+    default_size = np.array([w, h], dtype=np.float32)
+
+    def image(features: dict, role: str) -> dict:
+        size = np.asarray(features.get("image_size", default_size), dtype=np.float32).reshape(2)
+        data = {"keypoints": torch.from_numpy(np.asarray(features["keypoints"], dtype=np.float32))[None],
+                "descriptors": torch.from_numpy(np.asarray(features["descriptors"], dtype=np.float32))[None],
+                "image_size": torch.from_numpy(size)[None]}
+        for name in spec.keypoint_inputs:
+            if name not in features:
+                raise GlueforgeError(f"lightglue reference ({spec.features}): {role} lacks {name!r}; "
+                                     f"the checkpoint reads {', '.join(spec.keypoint_inputs)}")
+            data[name] = torch.from_numpy(np.asarray(features[name], dtype=np.float32))[None]
+        return data
 
     @torch.inference_mode()
     def match(features0, features1):
-        data = {f"image{i}": {"keypoints": torch.from_numpy(f["keypoints"])[None].float(),
-                              "descriptors": torch.from_numpy(f["descriptors"])[None], "image_size": size}
-                for i, f in enumerate((features0, features1))}
-        out = model(data)
+        out = model({"image0": image(features0, "features0"), "image1": image(features1, "features1")})
         return {"matches": out["matches"][0].numpy(), "mscores": out["scores"][0].numpy()}
 
     return match
 
 
 def build(spec: Spec, weights: Path, settings: Any):
-    """Patched LightGlue: ``kpts0, kpts1 (B, K, 2) px, desc0, desc1 (B, K, D) -> matches0 (B, K), mscores0 (B, K)``."""
+    """Patched LightGlue: ``kpts0, kpts1 (B, K, 2) px, desc0, desc1 (B, K, D), size0, size1 (B, 2) (w, h),
+    *features (scales0, scales1, oris0, oris1 for sift) -> matches0 (B, K), mscores0 (B, K)``; slots with
+    x < 0 are padding and never match (``patches/lightglue_fixed_depth``)."""
     from patches import (apply_patches, lightglue_concat_assignment, lightglue_fixed_depth, lightglue_posenc_expand,
                          lightglue_static_heads)
 

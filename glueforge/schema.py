@@ -20,21 +20,48 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+PADDING = -1.0  # the keypoint coordinates of a padded slot (see ExtractorSpec)
+
+
 class ExtractorSpec(Strict):
     """A keypoint extractor: ``images (N, C, H, W) -> keypoints (N, K, 2), scores (N, K), descriptors (N, K, D)``,
-    then one (N, K) output per name in ``keypoint_features`` (for example SIFT's scales and orientations)."""
+    then one (N, K) output per name in ``keypoint_features`` (for example SIFT's scales and orientations).
+
+    K is fixed. An image with fewer than K keypoints fills the remaining slots with padding:
+    keypoint ``(-1, -1)`` (``PADDING``), score 0, an all-zero descriptor and 0 for every keypoint
+    feature. A slot whose x coordinate is negative is padding, and no matcher matches it.
+
+    ``host`` extractors (SIFT) run on the host, not in a graph: the family module's
+    ``extract(spec, images, keypoints)`` returns the padded numpy arrays above, and the model's
+    graphs are the matcher's only. ``extractor_outputs`` is what the ``extractor`` graph returns;
+    a family whose graph returns something else (SuperPoint's dense maps) overrides it and
+    provides ``decode(spec, outputs, keypoints)`` that turns those outputs into the arrays above.
+    """
 
     role: ClassVar[str] = "extractor"
     channels: ClassVar[int] = 3  # C of the ``images`` input
     colour: ClassVar[str] = "RGB"  # "RGB" or "L" (grey)
     divisor: ClassVar[int] = 8  # H and W must be multiples of it
     keypoint_features: ClassVar[tuple[str, ...]] = ()  # extra per-keypoint outputs, in this order
+    host: ClassVar[bool] = False  # runs on the host (family module ``extract``), no extractor graph
+    host_extractor: ClassVar[str] = ""  # for ``host``: what the caller runs, for the manifest's preprocessing
     family: str
-    weights: str
+    weights: Optional[str] = None  # required unless the family has no learned weights (``host``)
 
     @property
     def descriptor_dim(self) -> int:
         raise NotImplementedError
+
+    @property
+    def dense(self) -> bool:
+        """The extractor graph returns maps that the family's ``decode`` turns into keypoints on the host."""
+        return False
+
+    def extractor_outputs(self, keypoints: int) -> list[tuple[str, str, tuple[int | str, ...]]]:
+        """(name, dtype, shape) of each output of the ``extractor`` graph; "N", "H" and "W" are dynamic."""
+        return [("keypoints", "float32", ("N", keypoints, 2)), ("scores", "float32", ("N", keypoints)),
+                ("descriptors", "float32", ("N", keypoints, self.descriptor_dim)),
+                *((f, "float32", ("N", keypoints)) for f in self.keypoint_features)]
 
 
 class MatcherSpec(Strict):

@@ -9,8 +9,11 @@ representation, and the loop ties the graph to the traced batch size.
 Replacement: the same three stages, with the patched DKD (``aliked_fixed_topk_dkd``) and
 SDDH (``aliked_batched_sddh``), returning ``keypoints`` (B, K, 2) in pixels, ``scores``
 (B, K) and ``descriptors`` (B, K, D). Grey input is repeated to three channels as upstream.
+Slots the DKD marks invalid (an image with fewer than K maxima, where upstream returns fewer
+keypoints) become padding: keypoint (-1, -1), score 0, zero descriptor (three ``Where`` ops).
 
-Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia[aliked_lightglue].
+Parity: tests/test_build.py::test_parity_of_bundled_graphs_with_kornia[aliked_lightglue];
+padding: tests/test_padding.py::test_aliked_and_xfeat_pad_when_they_find_fewer_than_k.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 import torch
 from kornia.feature.aliked.aliked import ALIKED
 
+from glueforge.schema import PADDING
 from patches import swap_class
+from patches._shapes import size_wh
 
 TARGET = ALIKED
 
@@ -30,12 +35,15 @@ class TensorALIKED(ALIKED):
         """``images`` (B, 3, H, W) RGB in [0, 1] -> keypoints (B, K, 2) px, scores (B, K), descriptors (B, K, D)."""
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        h, w = images.shape[-2:]
         feature_map, score_map = self.extract_dense_map(images)
-        keypoints, scores = self.dkd(score_map)
+        keypoints, scores, valid = self.dkd(score_map)
         descriptors = self.desc_head(feature_map, keypoints)
-        wh = torch.tensor([w - 1, h - 1], dtype=keypoints.dtype, device=keypoints.device)
-        return wh * (keypoints + 1) / 2.0, scores, descriptors
+        wh = size_wh(images) - 1  # from the shape at run time: H and W stay dynamic
+        keypoints = wh * (keypoints + 1) / 2.0
+        keypoints = torch.where(valid.unsqueeze(2), keypoints, torch.full_like(keypoints, PADDING))
+        scores = torch.where(valid, scores, torch.zeros_like(scores))
+        descriptors = torch.where(valid.unsqueeze(2), descriptors, torch.zeros_like(descriptors))
+        return keypoints, scores, descriptors
 
 
 def apply(model: torch.nn.Module, settings: Any) -> int:

@@ -21,14 +21,15 @@ is the heatmap; the reliability is read with upstream's bilinear ``grid_sample``
 over the whole pixel grid, so from the same maps each maximum gets upstream's score bit for
 bit. Max-pool NMS
 (``patches._keypoints.local_maxima``, radius 2) and one ``TopK`` of exactly K rank the maxima
-by that score; when an image has fewer than K maxima the rest are its best non-maxima, whose
-score is reported as 0 (upstream would drop them: ``scores > 0`` recovers its output). The
-descriptors are upstream's: bicubic ``grid_sample`` at the keypoints of the normalised dense
-map, normalised again. Outputs: ``keypoints`` (B, K, 2) float pixels (x, y), ``scores``
-(B, K) sorted descending, ``descriptors`` (B, K, 64) unit length.
+by that score. The descriptors are upstream's: bicubic ``grid_sample`` at the keypoints of the
+normalised dense map, normalised again. Outputs: ``keypoints`` (B, K, 2) float pixels (x, y),
+``scores`` (B, K) sorted descending, ``descriptors`` (B, K, 64) unit length. The slots upstream
+would drop (``scores > 0``: past an image's last maximum, or a maximum scored 0) are padding
+(``glueforge.schema.PADDING``): keypoint (-1, -1), score 0, zero descriptor.
 
 Parity: tests/test_xfeat.py::test_xfeat_parity_with_kornia (real weights, real photographs,
-against kornia's ``XFeat(top_k=K, detection_threshold=0).detectAndCompute``).
+against kornia's ``XFeat(top_k=K, detection_threshold=0).detectAndCompute``); padding:
+tests/test_padding.py::test_aliked_and_xfeat_pad_when_they_find_fewer_than_k.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ import torch
 import torch.nn.functional as F
 from kornia.feature.xfeat import XFeat
 
+from glueforge.schema import PADDING
 from patches import swap_class
 from patches._keypoints import local_maxima
+from patches._shapes import size_wh
 
 TARGET = XFeat
 NMS_RADIUS = 2  # upstream's 5 x 5 window
@@ -104,7 +107,14 @@ class TensorXFeat(XFeat):
         # flat >= 0: truncating Div and Sub instead of floor division and Mod (fewer, simpler ONNX ops)
         y = torch.div(flat, w, rounding_mode="trunc")
         keypoints = torch.stack([flat - y * w, y], dim=-1).to(torch.float32)
-        descriptors = F.normalize(self.interpolator(dense, keypoints, H=h, W=w), dim=-1)
+        # upstream's InterpolateSparse2d, with (W - 1, H - 1) read from the shape at run time instead of the
+        # torch.tensor([W - 1, H - 1]) constant it builds (which would freeze the traced size into the graph)
+        grid = (2.0 * keypoints / (size_wh(images) - 1) - 1.0).unsqueeze(-2)
+        sampled = F.grid_sample(dense, grid, mode=self.interpolator.mode, align_corners=False)
+        descriptors = F.normalize(sampled.permute(0, 2, 3, 1).squeeze(-2), dim=-1)
+        valid = scores > 0  # what upstream keeps
+        keypoints = torch.where(valid.unsqueeze(2), keypoints, torch.full_like(keypoints, PADDING))
+        descriptors = torch.where(valid.unsqueeze(2), descriptors, torch.zeros_like(descriptors))
         return keypoints, scores, descriptors
 
 
