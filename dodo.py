@@ -6,17 +6,24 @@
     doit publish target=cpu [version=V] [store=s3://bucket/prefix endpoint=URL] [channel=latest,stable]
                                                  publish to the remote store (unvalidated=1: loudly unvalidated)
     doit list                                    the stages
+    doit build target=cpu config=team.yaml       with an overlay over models.yaml (also GLUEFORGE_CONFIG=team.yaml;
+                                                 several: config=a.yaml,b.yaml): it adds or overrides weights,
+                                                 models and targets (glueforge/config.py says how they merge)
 """
 
 from doit import get_var
 
 from glueforge.tasks import load_plan
 
-DOIT_CONFIG = {"default_tasks": ["build"], "dep_file": "artifacts/.doit.db", "backend": "json", "verbosity": 2}
+# continue: a model whose weights cannot be fetched (or whose validation fails) does not stop the others;
+# each failure is reported, and the run exits non-zero
+DOIT_CONFIG = {"default_tasks": ["build"], "dep_file": "artifacts/.doit.db", "backend": "json", "verbosity": 2,
+               "continue": True}
 
 PLAN = load_plan(
     target=get_var("target", "cpu"),
     models=get_var("model", None),
+    config=get_var("config", None),
     version=get_var("version", None),
     store=get_var("store", None),
     endpoint=get_var("endpoint", None),

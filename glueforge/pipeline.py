@@ -12,16 +12,20 @@ inputs come out byte-identical is not rerun either.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import yaml
 
 from glueforge import PROJECT_ROOT, GlueforgeError, machine
 from glueforge.cache import ActionCache, RemoteCache, Result, action_key
-from glueforge.config import Config
-from glueforge.fetch import describe, fetch, weight_path
+from glueforge.config import Config, overlay_paths
+from glueforge.fetch import cached_digest, describe, fetch, weight_path
 from glueforge.files import sha256_file, write_atomic
 from glueforge.identity import code_digests
 from glueforge.stages import Job, Stage
@@ -65,8 +69,11 @@ class Pipeline:
         self.unvalidated = False  # doit publish unvalidated=1: bundle without validation, marked so
 
     @classmethod
-    def load(cls, root: Path = PROJECT_ROOT) -> "Pipeline":
-        return cls(Config.load(Path(root) / "models.yaml"), root)
+    def load(cls, root: Path = PROJECT_ROOT, overlays: str | Sequence[Path | str] | None = None) -> "Pipeline":
+        """models.yaml of ``root`` with its overlays: ``overlays`` (paths, or the comma-separated value of
+        ``config=``), else those of $GLUEFORGE_CONFIG (``glueforge.config``)."""
+        paths = overlay_paths(overlays) if overlays is None or isinstance(overlays, str) else [Path(o) for o in overlays]
+        return cls(Config.load(Path(root) / "models.yaml", paths), root)
 
     def job(self, model: str, target: str) -> Job:
         return Job(self.config, model, target)
@@ -75,30 +82,82 @@ class Pipeline:
         return self.version_override or self.config.model(model).version
 
     # -- fetch ------------------------------------------------------------------------------
+    # A weight is held to its declared sha256 or, with `trust: first-use`, to the digest models.lock recorded
+    # on its first fetch. Stages read it through weight_digest(), so an action key that needs a first-use
+    # weight cannot be computed before that weight's fetch (doit: the export task depends on the fetch tasks).
+    @property
+    def lock_path(self) -> Path:
+        """models.lock, beside models.yaml: the one lock of the weights of models.yaml and of its overlays."""
+        return self.config.path.parent / "models.lock"
+
+    def weight_digest(self, name: str) -> str:
+        """The sha256 weight ``name`` is held to: declared, or recorded in models.lock on its first fetch."""
+        weight = self.config.project.weights[name]
+        if weight.sha256:
+            return weight.sha256
+        recorded = _recorded(self._lock_entries(), name)
+        if recorded is None:
+            raise MissingInput(f"weight {name!r} (trust: first-use) has no digest yet: fetch it first (`doit fetch "
+                               f"... config=...`; `doit export` and `doit build` run the fetch first), which records "
+                               f"its sha256 in {self.lock_path}")
+        return recorded
+
     def weight_file(self, name: str) -> Path:
-        return weight_path(self.download_cache, self.config.project.weights[name])
+        return weight_path(self.download_cache, self.weight_digest(name))
 
     def fetch(self, name: str) -> Path:
-        path = fetch(name, self.config.project.weights[name], self.download_cache, self.root)
-        self.write_lock()
+        weight = self.config.project.weights[name]
+        recorded = None if weight.sha256 else _recorded(self._lock_entries(), name)
+        path = fetch(name, weight, self.download_cache, self.root, recorded=recorded, lock=self.lock_path)
+        first_use = weight.sha256 is None and recorded is None
+        self.write_lock({name: cached_digest(path)} if first_use else None)
         return path
 
     def fetched(self, name: str) -> bool:
-        path = self.weight_file(name)
-        return path.is_file() and sha256_file(path) == self.config.project.weights[name].sha256
+        try:
+            path = self.weight_file(name)
+        except MissingInput:
+            return False
+        return path.is_file() and sha256_file(path) == cached_digest(path)
 
     def weight_names(self, model: str) -> dict[str, str]:
         return Job(self.config, model, "").weight_names()
 
-    def write_lock(self) -> None:
-        """models.lock: the digest and size of every declared weight that has been fetched."""
-        lines = ["# Written by `doit fetch`: the verified digest of every weight in models.yaml.", "weights:"]
+    def _lock_entries(self) -> dict[str, Any]:
+        lock = self.lock_path
+        if not lock.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(lock.read_text())
+        except yaml.YAMLError as e:
+            raise GlueforgeError(f"{lock}: not valid YAML ({e}); `doit fetch` writes it: restore it from version "
+                                 "control, or delete it (weights with trust: first-use are then recorded anew)") from None
+        weights = data.get("weights") if isinstance(data, dict) else None
+        return weights if isinstance(weights, dict) else {}
+
+    def write_lock(self, first_use: Mapping[str, str] | None = None) -> None:
+        """models.lock: per weight, the digest it is held to and the size of its cached file (null until fetched).
+
+        Declared weights record their sha256; ``trust: first-use`` weights the digest of their first fetch
+        (``first_use``, else what the lock holds), marked ``trust: first-use``. An entry of a weight that is not
+        in this configuration is kept when it records a first-use digest: it may belong to an overlay that is
+        not given this time, and dropping it would forget what was trusted.
+        """
+        entries = self._lock_entries()
+        lines = ["# Written by `doit fetch`: the verified digest of every weight in models.yaml and its overlays.",
+                 "# trust: first-use: the digest of the weight's first fetch, enforced from then on; delete the",
+                 "# entry to accept a changed file.",
+                 "weights:"]
         for name, weight in sorted(self.config.project.weights.items()):
-            path = self.weight_file(name)
-            size = path.stat().st_size if path.is_file() else None
-            lines.append(f"  {name}: {{sha256: {weight.sha256}, size: {size if size is not None else 'null'}}}")
+            digest = weight.sha256 or (first_use or {}).get(name) or _recorded(entries, name)
+            path = weight_path(self.download_cache, digest) if digest else None
+            size = path.stat().st_size if path is not None and path.is_file() else None
+            lines.append(_lock_line(name, digest, size, weight.sha256 is None))
+        for name, entry in sorted(entries.items()):
+            if str(name) not in self.config.project.weights and _recorded(entries, name):
+                lines.append(_lock_line(str(name), _recorded(entries, name), entry.get("size"), True))
         text = "\n".join(lines) + "\n"
-        lock = self.root / "models.lock"
+        lock = self.lock_path
         if not lock.is_file() or lock.read_text() != text:
             write_atomic(lock, text)
 
@@ -191,7 +250,8 @@ class Pipeline:
         weights = {}
         for role, name in job.weight_names().items():
             w = self.config.project.weights[name]
-            weights[role] = {"name": name, "sha256": w.sha256, "sources": [describe(s) for s in w.sources]}
+            weights[role] = {"name": name, "sha256": self.weight_digest(name),
+                             "trust": "declared" if w.sha256 else "first-use", "sources": [describe(s) for s in w.sources]}
         prov = {
             "weights": weights,
             "code": code_digests(STAGES["export"].modules(job)),
@@ -199,6 +259,10 @@ class Pipeline:
             "tools": self.tools(job),
             "glueforge": machine.package_version("glueforge"),
         }
+        overlays = self.config.overlays_under(("models", job.model), ("targets", job.target),
+                                              *(("weights", name) for name in job.weight_names().values()))
+        if overlays:  # the overlay files that changed what this model for this target reads
+            prov["overlays"] = [path.name for path in overlays]
         if with_commit:
             prov["git_commit"] = git_commit(self.root)
         return prov
@@ -211,3 +275,22 @@ def git_commit(root: Path) -> str | None:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def _recorded(entries: Mapping[str, Any], name: str) -> str | None:
+    """The first-use digest a models.lock entry records for weight ``name``, or None."""
+    entry = entries.get(name)
+    if isinstance(entry, dict) and entry.get("trust") == "first-use" and entry.get("sha256"):
+        return str(entry["sha256"])
+    return None
+
+
+def _lock_line(name: str, digest: str | None, size: int | None, first_use: bool) -> str:
+    def scalar(value: Any) -> str:
+        if value is None:
+            return "null"
+        text = str(value)
+        return text if isinstance(value, int) or re.fullmatch(r"[A-Za-z_][\w.-]*|[0-9a-f]*[a-f][0-9a-f]*", text) else json.dumps(text)
+
+    trust = ", trust: first-use" if first_use else ""
+    return f"  {scalar(name)}: {{sha256: {scalar(digest)}, size: {scalar(size)}{trust}}}"

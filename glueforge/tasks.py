@@ -18,14 +18,18 @@ from glueforge.pipeline import Pipeline
 
 
 
-def load_plan(target: str, models: str | None, root: Path | None = None, **options) -> "Plan":
-    """Load models.yaml from ``root`` and select ``target`` and ``models``; exit with the error on failure."""
+def load_plan(target: str, models: str | None, root: Path | None = None, config: str | None = None, **options) -> "Plan":
+    """Load models.yaml from ``root`` with its overlays (``config``: comma-separated overlay files, relative to
+    the working directory; None: $GLUEFORGE_CONFIG) and select ``target`` and ``models``; exit with the error
+    on failure."""
     configure_logging()
     root = Path(root or Path.cwd())
     if not (root / "models.yaml").is_file():
         root = PROJECT_ROOT
     try:
-        return Plan(Pipeline.load(root), target, models, **options)
+        pipeline = Pipeline.load(root, config)
+        pipeline.artifacts.mkdir(parents=True, exist_ok=True)  # doit's dep_file lives there, even when nothing else does
+        return Plan(pipeline, target, models, **options)
     except GlueforgeError as e:
         print(f"glueforge: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -44,12 +44,15 @@ def load_error(path: Path) -> str:
 # -- the real file ------------------------------------------------------------------------------
 def test_real_models_yaml_loads():
     config = Config.load(MODELS_YAML)
-    assert set(config.project.models) == {"aliked_lightglue", "disk_lightglue", "xfeat_lighterglue"}
+    assert set(config.project.models) == {"aliked_lightglue", "disk_lightglue", "xfeat_lighterglue", "aliked_t16",
+                                          "aliked_n16rot", "aliked_n32", "superpoint_lightglue", "superpoint_dense",
+                                          "superpoint_open", "sift_lightglue"}
     assert set(config.project.targets) == {"cpu", "openvino", "orin_nano", "orin_nx", "agx_orin", "rtx_2060", "rtx"}
     assert config.path == MODELS_YAML
     for model in config.project.models:
         for role in ("extractor", "matcher"):
-            assert getattr(config.model(model), role).weights in config.project.weights
+            part = getattr(config.model(model), role)
+            assert part is None or part.weights is None or part.weights in config.project.weights
         for target in config.project.targets:
             settings = config.export_settings(model, target)
             assert settings.keypoints >= 16
@@ -144,7 +147,7 @@ def test_unknown_model_lists_valid_ones(config):
 
 
 def test_select_models(config):
-    assert config.select_models(None) == ["aliked_lightglue", "disk_lightglue", "xfeat_lighterglue"]
+    assert config.select_models(None) == list(config.project.models)  # models.yaml's order
     assert config.select_models(" disk_lightglue , aliked_lightglue") == ["disk_lightglue", "aliked_lightglue"]
     with pytest.raises(ConfigError) as info:
         config.select_models("aliked_lightglue,nosuch")
@@ -365,3 +368,33 @@ def test_tensorrt_targets_get_dense_match_outputs():
     assert config.export_settings("aliked_lightglue", "cpu").match_output == "list"
     for target in ("orin_nano", "rtx", "rtx_2060"):
         assert config.export_settings("aliked_lightglue", target).match_output == "dense"
+
+
+# -- model shapes: extractor-only models, graphs, image sizes ------------------------------------------------
+def test_extractor_only_model_has_the_extractor_graph_only(base, tmp_path):
+    config = Config.load(MODELS_YAML)
+    for model in ("aliked_t16", "aliked_n16rot", "aliked_n32"):
+        assert config.model(model).matcher is None
+        assert config.export_settings(model, "cpu").graphs == ["extractor"]
+    path = write_variant(base, tmp_path, lambda d: d["models"]["aliked_t16"]["export"].__setitem__("graphs", ["end2end"]))
+    msg = load_error(path)
+    assert "models.aliked_t16: export.graphs ['end2end']: this model has only ['extractor']" in msg
+
+
+def test_image_size_must_be_a_multiple_of_the_divisor(base, tmp_path):
+    path = write_variant(base, tmp_path, lambda d: d["models"]["aliked_t16"]["export"].__setitem__("validate_sizes", [[376, 1241]]))
+    msg = load_error(path)
+    assert "export.validate_sizes.0 [376, 1241]: aliked needs multiples of 32" in msg
+
+
+def test_validated_sizes_must_lie_in_the_profile(base, tmp_path):
+    path = write_variant(base, tmp_path, lambda d: d["models"]["aliked_lightglue"]["export"].__setitem__(
+        "sizes", {"min": [256, 320], "max": [480, 640]}))
+    msg = load_error(path)
+    assert "models.aliked_lightglue.export" in msg and "[384, 1248] lies outside" in msg
+
+
+def test_profile_sizes_reach_the_export_settings():
+    settings = Config.load(MODELS_YAML).export_settings("aliked_lightglue", "orin_nano")
+    assert settings.sizes == {"min": [256, 320], "opt": [480, 640], "max": [768, 1280]}
+    assert settings.all_sizes == [(480, 640), (384, 1248)]

@@ -52,15 +52,21 @@ class Job:
         return registry.runtime(self.target_spec.runtime)
 
     @property
+    def parts(self) -> dict[str, Any]:
+        """The model's extractor and, where it has one, matcher spec."""
+        return {role: part for role in ("extractor", "matcher") if (part := getattr(self.spec, role)) is not None}
+
+    @property
     def families(self) -> list[ModuleType]:
-        return [registry.family(self.spec.extractor.family), registry.family(self.spec.matcher.family)]
+        return [registry.family(part.family) for part in self.parts.values()]
 
     @property
     def graphs(self) -> list[str]:
-        return list(self.spec.export.graphs)
+        return self.spec.graphs
 
     def weight_names(self) -> dict[str, str]:
-        return {"extractor": self.spec.extractor.weights, "matcher": self.spec.matcher.weights}
+        """Role -> weight name, for the parts that have learned weights (a host extractor has none)."""
+        return {role: part.weights for role, part in self.parts.items() if part.weights is not None}
 
 
 class Services(Protocol):
@@ -71,6 +77,8 @@ class Services(Protocol):
     unvalidated: bool
 
     def fetch(self, weight: str) -> Path: ...
+
+    def weight_digest(self, name: str) -> str: ...
 
     def version(self, model: str) -> str: ...
 

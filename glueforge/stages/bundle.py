@@ -91,7 +91,9 @@ def assemble(
             "measured_on": validation["measured_on"],
             "measured_with": validation.get("measured_with"),
             "thresholds": validation["thresholds"],
-            "graphs": {g: {"metrics": r["metrics"], "outputs": r["outputs"]} for g, r in validation["graphs"].items()},
+            "graphs": {g: {"metrics": r["metrics"], "sizes": {size: {"metrics": c["metrics"], "outputs": c["outputs"]}
+                                                              for size, c in r["sizes"].items()}}
+                       for g, r in validation["graphs"].items()},
         },
         "benchmarks": None,
     }
