@@ -2,8 +2,9 @@
 
     python benchmarks/attention_fusion.py [--repeats 10] [--models aliked_lightglue,disk_lightglue]
 
-For each model of the ``cpu`` target it times the simplified (unfused) and the fused graphs
-with the target's onnxruntime session settings on the validation inputs, and checks that
+For each model of the ``cpu`` target with a matcher it times the simplified (unfused) and the
+fused graphs with the target's onnxruntime session settings on the validation inputs (at the
+export's image size), and checks that
 the outputs agree (same matches, mscores within 1e-4). Builds the stages it needs.
 Prints a table; nothing is asserted about speed here.
 """
@@ -19,6 +20,7 @@ import numpy as np
 from glueforge.log import configure_logging
 from runtimes.onnxruntime import session as ort_session
 from glueforge.pipeline import Pipeline
+from validation.validate import cases
 
 
 def time_sessions(sessions, feed, repeats: int) -> tuple[list[float], list[list[np.ndarray]]]:
@@ -44,10 +46,14 @@ def main() -> None:
     target = pipeline.config.target(args.target)
     rows = []
     for model in pipeline.config.select_models(args.models):
+        graphs = [g for g in ("matcher", "end2end") if g in pipeline.config.model(model).graphs]
+        if not graphs:
+            continue  # an extractor-only model has no attention
         inputs = np.load(pipeline.result("export", model, args.target).file("inputs.npz"))
         unfused, fused = (pipeline.result(s, model, args.target) for s in ("simplify", "fuse"))
-        for graph in ("matcher", "end2end"):
-            feed = {k.split("/", 1)[1]: inputs[k] for k in inputs.files if k.startswith(f"{graph}/")}
+        for graph in graphs:
+            case = f"{graph}@{cases(inputs, graph)[0]}/"
+            feed = {k[len(case):]: inputs[k] for k in inputs.files if k.startswith(case)}
             sessions = [ort_session(r.file(f"{graph}.onnx"), target.session) for r in (unfused, fused)]
             (base_ms, fused_ms), (base, out) = time_sessions(sessions, feed, args.repeats)
             same = np.array_equal(base[-2], out[-2])

@@ -1,9 +1,10 @@
-"""Benchmark: end-to-end latency per image pair of each model on CPU runtimes, in one run.
+"""Benchmark: latency of each model's widest graph on CPU runtimes, in one run.
 
     python benchmarks/runtime_latency.py [--targets cpu,openvino] [--threads 2] [--repeats 20] [--models ...]
 
 For every model and target it takes the engine the build made (building the stages it
-needs), runs its ``end2end`` graph (one pair of 480x640 images in, keypoints and matches out)
+needs), runs its ``end2end`` graph (one pair of images at the export size in, keypoints and
+matches out), or the ``extractor`` graph of an extractor-only model (the same two images),
 through the target runtime's own runner with the recorded settings, the thread count pinned
 to ``--threads``, on the validation pair. Runs are interleaved across targets so that drift
 of the machine hits all alike; the median of ``--repeats`` runs after 3 warm-ups is printed.
@@ -28,6 +29,7 @@ from glueforge import registry
 from glueforge.log import configure_logging
 from glueforge.pipeline import Pipeline
 from runtimes import onnxruntime, openvino
+from validation.validate import cases
 
 # Where each runtime records its thread count in an engine directory (its settings file, a setter).
 THREADS = {
@@ -76,12 +78,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in pipeline.config.select_models(args.models):
-            feed = {"images": np.load(pipeline.result("export", model, targets[0]).file("inputs.npz"))["end2end/images"]}
+            graph = "end2end" if "end2end" in pipeline.config.model(model).graphs else "extractor"
+            inputs = np.load(pipeline.result("export", model, targets[0]).file("inputs.npz"))
+            size = cases(inputs, graph)[0]
+            feed = {"images": inputs[f"{graph}@{size}/images"]}
             runners = []
             for target in targets:
                 runtime = pipeline.config.target(target).runtime
                 engine = with_threads(pipeline.result("engine", model, target).path, runtime, args.threads, Path(scratch))
-                runners.append(registry.runtime(runtime).runner(engine, "end2end", f"{target}:{model}"))
+                runners.append(registry.runtime(runtime).runner(engine, graph, f"{target}:{model}"))
             for r in runners:
                 r.activate()
             try:
@@ -97,14 +102,14 @@ def main() -> None:
             finally:
                 for r in runners:
                     r.deactivate()
-            rows.append((model, [statistics.median(t) for t in samples]))
-    print(f"\nend-to-end latency per pair (end2end graph, 2 x 3 x 480 x 640 in, matches out), {args.threads} threads, "
+            rows.append((model, graph, size, [statistics.median(t) for t in samples]))
+    print(f"\nlatency per image pair (2 images in), {args.threads} threads, "
           f"median of {args.repeats} interleaved runs; {cpu_name()}, {os.cpu_count()} logical CPUs")
-    print(f"{'model':18s} " + " ".join(f"{t + ' ms':>13s}" for t in targets) +
+    print(f"{'model':20s} {'graph':9s} {'H x W':>9s} " + " ".join(f"{t + ' ms':>13s}" for t in targets) +
           ("" if len(targets) < 2 else f" {targets[1] + ' / ' + targets[0]:>18s}"))
-    for model, ms in rows:
+    for model, graph, size, ms in rows:
         ratio = "" if len(ms) < 2 else f" {ms[1] / ms[0]:17.2f}x"
-        print(f"{model:18s} " + " ".join(f"{v:13.1f}" for v in ms) + ratio)
+        print(f"{model:20s} {graph:9s} {size:>9s} " + " ".join(f"{v:13.1f}" for v in ms) + ratio)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,16 @@ Interface (DESIGN.md, "Model interface"), the convention LightGlue-ONNX users kn
   (pair, index in image 0, index in image 1), ``mscores`` float32 (M,);
 - ``extractor``: ``images`` (N, C, H, W) -> ``keypoints`` (N, K, 2), ``scores`` (N, K),
   ``descriptors`` (N, K, D);
-- ``matcher``: ``keypoints`` (2B, K, 2) pixels and ``descriptors`` (2B, K, D), interleaved
-  as above -> ``matches`` (M, 3), ``mscores`` (M,). The image size is a graph constant.
+- ``matcher``: ``keypoints`` (2B, K, 2) pixels, ``descriptors`` (2B, K, D) and ``image_sizes``
+  (2B, 2) float32, the (width, height) of each image in pixels, interleaved as above ->
+  ``matches`` (M, 3), ``mscores`` (M,).
+
+H and W of ``images`` are dynamic (multiples of the extractor family's divisor); K is fixed.
+Slots of an image with fewer than K keypoints are padding (keypoint (-1, -1), score 0, zero
+descriptor; ``glueforge.schema.ExtractorSpec``) and are never matched. A model without a matcher
+has the ``extractor`` graph only; a host extractor (SIFT) has the ``matcher`` graph only, fed by the
+family's ``extract``; a dense extractor (SuperPoint dense) returns maps that the family's
+``decode`` turns into keypoints on the host.
 
 Families may add per-keypoint features (N, K) after the descriptors: the extractor's
 ``keypoint_features`` are extra outputs of ``extractor``, and the matcher's
@@ -70,9 +78,11 @@ class MatcherGraph(nn.Module):
         self.matcher = matcher
         self.dense = dense
 
-    def forward(self, keypoints: torch.Tensor, descriptors: torch.Tensor, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, keypoints: torch.Tensor, descriptors: torch.Tensor, image_sizes: torch.Tensor,
+                *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [half for f in features for half in (f[0::2], f[1::2])]
-        matches0, mscores0 = self.matcher(keypoints[0::2], keypoints[1::2], descriptors[0::2], descriptors[1::2], *pairs)
+        matches0, mscores0 = self.matcher(keypoints[0::2], keypoints[1::2], descriptors[0::2], descriptors[1::2],
+                                          image_sizes[0::2], image_sizes[1::2], *pairs)
         if self.dense:
             return matches0, mscores0
         return dense_to_matches(matches0, mscores0)
@@ -87,8 +97,15 @@ class EndToEndGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         keypoints, _, descriptors, *features = self.extractor(images)
-        matches, mscores = self.matcher(keypoints, descriptors, *(features[i] for i in self.feature_index))
+        matches, mscores = self.matcher(keypoints, descriptors, image_sizes(images), *(features[i] for i in self.feature_index))
         return keypoints, matches, mscores
+
+
+def image_sizes(images: torch.Tensor) -> torch.Tensor:
+    """(width, height) of each image of ``images`` (N, C, H, W) as (N, 2) float32, from the traced shape
+    (a Shape op in the graph, so H and W stay dynamic)."""
+    wh = torch._shape_as_tensor(images)[torch.tensor([3, 2])].to(torch.float32)
+    return torch.ones_like(images[:, 0, 0, :2]) * wh
 
 
 def feature_index(extractor: Any, matcher: Any) -> tuple[int, ...]:
@@ -98,9 +115,8 @@ def feature_index(extractor: Any, matcher: Any) -> tuple[int, ...]:
 
 def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output specs of graph ``name``; symbolic dimensions are strings."""
-    h, w = spec.image_size
     k = spec.keypoints
-    images = TensorSpec("images", "float32", ("2B" if name == "end2end" else "N", channels, h, w))
+    images = TensorSpec("images", "float32", ("2B" if name == "end2end" else "N", channels, "H", "W"))
     keypoints_pairs = TensorSpec("keypoints", "float32", ("2B", k, 2))
     if spec.match_output == "dense":
         matches = [TensorSpec("matches0", "int64", ("B", k)), TensorSpec("mscores0", "float32", ("B", k))]
@@ -109,26 +125,24 @@ def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[
     if name == "end2end":
         return [images], [keypoints_pairs, *matches]
     if name == "extractor":
-        return [images], [
-            TensorSpec("keypoints", "float32", ("N", k, 2)),
-            TensorSpec("scores", "float32", ("N", k)),
-            TensorSpec("descriptors", "float32", ("N", k, descriptor_dim)),
-            *(TensorSpec(f, "float32", ("N", k)) for f in spec.extractor.keypoint_features),
-        ]
+        return [images], [TensorSpec(*output) for output in spec.extractor.extractor_outputs(k)]
     if name == "matcher":
         features = [TensorSpec(f, "float32", ("2B", k)) for f in spec.matcher.keypoint_inputs]
-        return [keypoints_pairs, TensorSpec("descriptors", "float32", ("2B", k, descriptor_dim)), *features], matches
+        return [keypoints_pairs, TensorSpec("descriptors", "float32", ("2B", k, descriptor_dim)),
+                TensorSpec("image_sizes", "float32", ("2B", 2)), *features], matches
     raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
 
 
 class Models:
     """The patched (exported) and unpatched (reference) models of one export, through their families."""
 
-    def __init__(self, settings: Any, weights: Mapping[str, Path]) -> None:
+    def __init__(self, settings: Any, weights: Mapping[str, Path | None]) -> None:
         self.spec = settings
         self._weights = weights
-        self.extractor = registry.family(settings.extractor.family).build(settings.extractor, weights["extractor"], settings)
-        self.matcher = registry.family(settings.matcher.family).build(settings.matcher, weights["matcher"], settings)
+        x, m = settings.extractor, settings.matcher
+        # a host extractor (SIFT) has no module: its features come from the family's ``extract``
+        self.extractor = None if x.host else registry.family(x.family).build(x, weights.get("extractor"), settings)
+        self.matcher = registry.family(m.family).build(m, weights["matcher"], settings) if m is not None else None
         self._reference: tuple[Any, Any] | None = None
 
     @property
@@ -142,7 +156,17 @@ class Models:
     @property
     def feature_index(self) -> tuple[int, ...]:
         """Which of the extractor's keypoint features the matcher takes, in the matcher's order."""
-        return feature_index(self.spec.extractor, self.spec.matcher)
+        return feature_index(self.spec.extractor, self.spec.matcher) if self.spec.matcher is not None else ()
+
+    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Keypoints, scores, descriptors and keypoint features (padded to K) of each image (N, C, H, W):
+        the patched extractor module, or the host extractor's ``extract``."""
+        x = self.spec.extractor
+        if x.host:
+            out = registry.family(x.family).extract(x, images.numpy(), self.spec.keypoints)
+            return tuple(torch.from_numpy(np.ascontiguousarray(out[name])) for name, _, _ in x.extractor_outputs(self.spec.keypoints))
+        with torch.no_grad():  # inference-mode tensors cannot be traced
+            return tuple(self.extractor(images))
 
     def graph(self, name: str) -> nn.Module:
         dense = self.spec.match_output == "dense"
@@ -157,9 +181,8 @@ class Models:
     def example_inputs(self, name: str, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inputs of graph ``name`` derived from an interleaved image batch (2B, C, H, W)."""
         if name == "matcher":
-            with torch.no_grad():  # inference-mode tensors cannot be traced
-                keypoints, _, descriptors, *features = self.extractor(images)
-            return (keypoints, descriptors, *(features[i] for i in self.feature_index))
+            keypoints, _, descriptors, *features = self.extract(images)
+            return (keypoints, descriptors, image_sizes(images), *(features[i] for i in self.feature_index))
         return (images,)
 
     # -- the upstream reference, unpatched ----------------------------------------------------
@@ -168,8 +191,8 @@ class Models:
         if self._reference is None:
             s = self.spec
             self._reference = (
-                registry.family(s.extractor.family).reference(s.extractor, self._weights["extractor"], s),
-                registry.family(s.matcher.family).reference(s.matcher, self._weights["matcher"], s),
+                registry.family(s.extractor.family).reference(s.extractor, self._weights.get("extractor"), s),
+                registry.family(s.matcher.family).reference(s.matcher, self._weights["matcher"], s) if s.matcher else None,
             )
         return self._reference
 

@@ -52,6 +52,7 @@ class BuildContext:
     target_name: str
     io: Mapping[str, Any]  # graph -> {"inputs": [...], "outputs": [...]} of the export's io.json
     prepared: Mapping[str, Any] = field(default_factory=dict)  # graph -> the fuse stage's metadata of it
+    sizes: Mapping[str, Any] = field(default_factory=dict)  # "min"/"opt"/"max" [H, W] of the images input (io.json)
     timing_cache_dir: Path = Path("artifacts/timing-cache")
     project_root: Path = Path(".")
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from kornia.feature.aliked.aliked import SDDH
 
 from patches import swap_class
+from patches._shapes import size_wh
 
 TARGET = SDDH
 
@@ -36,14 +37,15 @@ class BatchedSDDH(SDDH):
         b, c, h, w = x.shape
         k = keypoints.shape[1]
         ps = self.kernel_size
-        wh = torch.tensor([w - 1, h - 1], dtype=x.dtype, device=x.device)
-        max_offset = max(h, w) / 4.0
+        # H and W from the shape at run time (Shape ops), not trace-time constants: H and W stay dynamic
+        wh = size_wh(x) - 1  # (W - 1, H - 1)
+        max_offset = (wh + 1).max() / 4.0
         kpts_wh = (keypoints / 2 + 0.5) * wh  # (B, K, 2) pixels
 
         # Upstream get_patches: corner = trunc(long(xy) - ps/2 + 1), clamped to the map.
-        corner = torch.floor(torch.floor(kpts_wh) - ps / 2 + 1)
-        cx = corner[..., 0].clamp(0, w - 1 - ps).long()
-        cy = corner[..., 1].clamp(0, h - 1 - ps).long()
+        corner = torch.minimum(torch.floor(torch.floor(kpts_wh) - ps / 2 + 1).clamp(min=0), wh - ps)
+        cx = corner[..., 0].long()
+        cy = corner[..., 1].long()
         steps = torch.arange(ps, device=x.device)
         rows = (cy.unsqueeze(-1) + steps).unsqueeze(-1)  # (B, K, ps, 1)
         cols = (cx.unsqueeze(-1) + steps).unsqueeze(-2)  # (B, K, 1, ps)
@@ -51,7 +53,7 @@ class BatchedSDDH(SDDH):
         patch = torch.gather(x.reshape(b, c, h * w), 2, index)  # (B, C, K*ps*ps)
         patch = patch.reshape(b, c, k, ps, ps).permute(0, 2, 1, 3, 4).reshape(b * k, c, ps, ps)
 
-        offset = self.offset_conv(patch).clamp(-max_offset, max_offset)  # (B*K, 2M, 1, 1)
+        offset = torch.maximum(torch.minimum(self.offset_conv(patch), max_offset), -max_offset)  # (B*K, 2M, 1, 1)
         offset = offset.reshape(b, k, 2, self.n_pos).permute(0, 1, 3, 2)  # (B, K, M, 2)
         pos = kpts_wh.unsqueeze(2) + offset
         pos = 2.0 * pos / wh - 1

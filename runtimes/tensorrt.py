@@ -129,19 +129,33 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
 
 
 # -- shapes -----------------------------------------------------------------------------------
-def profile_shapes(inputs: Sequence[Mapping[str, Any]], batch: BatchProfile) -> dict[str, tuple[list[int], list[int], list[int]]]:
+def profile_shapes(
+    inputs: Sequence[Mapping[str, Any]], batch: BatchProfile, sizes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[list[int], list[int], list[int]]]:
     """min/opt/max shapes of each dynamic input: ``2B`` is 2 x pairs and ``B`` is pairs; ``N`` (the
     extractor's images) is 2 x pairs at opt and max but 1 at min, so that a tracking loop can
-    extract each new frame on its own."""
+    extract each new frame on its own; ``H`` and ``W`` come from the model's image sizes
+    (models.yaml ``export.sizes`` min/max and ``export.image_size`` as the optimum)."""
     shapes = {}
     for tensor in inputs:
         dims = tensor["shape"]
         if all(isinstance(d, int) for d in dims):
             continue
         per = {"2B": 2, "N": 2, "B": 1}
-        lo, opt, hi = ([d if isinstance(d, int) else per[d] * pairs for d in dims] for pairs in (batch.min, batch.opt, batch.max))
-        lo = [1 if d == "N" else v for d, v in zip(dims, lo)]
-        shapes[tensor["name"]] = (lo, opt, hi)
+        profile = []
+        for which, pairs in (("min", batch.min), ("opt", batch.opt), ("max", batch.max)):
+            shape = []
+            for d in dims:
+                if isinstance(d, int):
+                    shape.append(d)
+                elif d in per:
+                    shape.append(1 if (d == "N" and which == "min") else per[d] * pairs)
+                elif d in ("H", "W") and sizes:
+                    shape.append(int(sizes[which]["HW".index(d)]))
+                else:
+                    raise EngineBuildError(f"input {tensor['name']}: no profile for dimension {d!r} (io.json image_sizes)")
+            profile.append(shape)
+        shapes[tensor["name"]] = tuple(profile)
     return shapes
 
 
@@ -170,13 +184,15 @@ def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildC
         fp32_layers = context.prepared.get(name, {}).get("fp32_layers", ())
         inputs = context.io[name]["inputs"]
         if trtexec is not None:
-            cmd = trtexec_command(trtexec, source, engine, target, inputs, fp32_layers, cache, out / f"{name}.layers.json")
+            cmd = trtexec_command(trtexec, source, engine, target, inputs, fp32_layers, cache, out / f"{name}.layers.json",
+                                  context.sizes)
             parsed = run_trtexec(cmd)
             if parsed["tensorrt_version"] and not same_release(parsed["tensorrt_version"], version):
                 raise EngineBuildError(f"trtexec reported TensorRT {parsed['tensorrt_version']}, expected {version}")
-            engines[name] = {"engine_bytes": engine.stat().st_size, "builder": "trtexec", "command": cmd[1:]}
+            engines[name] = {"engine_bytes": engine.stat().st_size, "builder": "trtexec", "command": cmd[1:],
+                             "profile_shapes": {k: list(v) for k, v in profile_shapes(inputs, target.batch, context.sizes).items()}}
         else:
-            engines[name] = build_with_polygraphy(trt, source, engine, target, inputs, fp32_layers, cache)
+            engines[name] = build_with_polygraphy(trt, source, engine, target, inputs, fp32_layers, cache, context.sizes)
     return {"runtime": NAME, NAME: version, "compute_capability": [cc], "cuda": target.cuda_version,
             "jetpack": target.jetpack, "precision": target.precision, "builder": target.builder,
             "timing_cache": cache.name, "engines": engines, "files": {g: f"{g}.engine" for g in sorted(graphs)}}
@@ -198,7 +214,7 @@ def _missing_tensorrt(target: Target, graphs: Mapping[str, Path], context: Build
     for name, path in graphs.items():
         cmd = trtexec_command(JETSON_TRTEXEC, Path(relative(path, context.project_root)), Path(f"{name}.engine"), target,
                               context.io[name]["inputs"], context.prepared.get(name, {}).get("fp32_layers", ()),
-                              Path("timing.cache"), Path(f"{name}.layers.json"))
+                              Path("timing.cache"), Path(f"{name}.layers.json"), context.sizes)
         lines.append("  " + " ".join(cmd))
     return "\n".join(lines)
 
@@ -282,6 +298,7 @@ def build_with_polygraphy(
     inputs: Sequence[Mapping[str, Any]],
     fp32_layers: Sequence[str] = (),
     timing_cache: Path | None = None,
+    sizes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Build one engine with the target's settings; FP32 islands pinned by precision constraints."""
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile, SetLayerPrecisions
@@ -291,7 +308,7 @@ def build_with_polygraphy(
     fp16 = target.precision == "fp16"
     if fp16 and fp32_layers:
         network = SetLayerPrecisions(network, {name: trt.float32 for name in fp32_layers})
-    shapes = profile_shapes(inputs, target.batch)
+    shapes = profile_shapes(inputs, target.batch, sizes)
     profiles = []
     if shapes:
         profile = Profile()
@@ -331,6 +348,7 @@ def trtexec_command(
     fp32_layers: Sequence[str] = (),
     timing_cache: Path | None = None,
     layer_info: Path | None = None,
+    sizes: Mapping[str, Sequence[int]] | None = None,
 ) -> list[str]:
     cmd = [str(trtexec), f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--skipInference",
            f"--builderOptimizationLevel={target.builder_optimization_level}", "--profilingVerbosity=detailed"]
@@ -340,7 +358,7 @@ def trtexec_command(
         cmd.append(f"--timingCacheFile={timing_cache}")
     if layer_info is not None:
         cmd.append(f"--exportLayerInfo={layer_info}")
-    shapes = profile_shapes(inputs, target.batch)
+    shapes = profile_shapes(inputs, target.batch, sizes)
     for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
         if shapes:
             cmd.append(f"{flag}=" + ",".join(f"{name}:{_dims(s[index])}" for name, s in shapes.items()))

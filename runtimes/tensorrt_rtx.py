@@ -106,7 +106,8 @@ def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildC
         raise EngineUnavailable("TensorRT-RTX is not installed: pip install tensorrt-rtx-cu13 (it builds without a GPU)") from None
     engines = {}
     for name, source in graphs.items():
-        engines[name] = build_with_api(trt, source, out / f"{name}.engine", target, context.io[name]["inputs"])
+        engines[name] = build_with_api(trt, source, out / f"{name}.engine", target, context.io[name]["inputs"],
+                                       context.sizes)
         shutil.copyfile(source, out / f"{name}.onnx")  # the graph it was compiled from: validated, and shipped
         log.info("engine %s: TensorRT-RTX %s, %d bytes for %s", name, trt.__version__, engines[name]["engine_bytes"],
                  ", ".join(f"sm_{c}" for c in target.compute_capability))
@@ -125,7 +126,8 @@ def check_compatibility(manifest: Mapping[str, Any]) -> None:
     tensorrt.check_compatibility(manifest, installed_version(), NAME)
 
 
-def build_with_api(trt, onnx_path: Path, engine_path: Path, target: Target, inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def build_with_api(trt, onnx_path: Path, engine_path: Path, target: Target, inputs: Sequence[Mapping[str, Any]],
+                   sizes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Compile one strongly typed engine for the target's compute capabilities."""
     logger = tensorrt.capturing_logger(trt)
     builder, network, _parser = tensorrt.parse_onnx(trt, onnx_path, logger)
@@ -135,7 +137,7 @@ def build_with_api(trt, onnx_path: Path, engine_path: Path, target: Target, inpu
     config.num_compute_capabilities = len(target.compute_capability)
     for i, cc in enumerate(target.compute_capability):
         config.set_compute_capability(getattr(trt.ComputeCapability, COMPUTE[cc]), i)
-    shapes = tensorrt.profile_shapes(inputs, target.batch)
+    shapes = tensorrt.profile_shapes(inputs, target.batch, sizes)
     if shapes:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in shapes.items():

@@ -13,7 +13,15 @@ from glueforge.graphs import EndToEndGraph, MatcherGraph, feature_index, graph_i
 from glueforge.schema import missing_keypoint_inputs
 
 K, D = 8, 4
-EXTRACTOR = SimpleNamespace(keypoint_features=("scales", "oris"))
+
+
+class _Extractor(SimpleNamespace):
+    def extractor_outputs(self, k):
+        return [("keypoints", "float32", ("N", k, 2)), ("scores", "float32", ("N", k)),
+                ("descriptors", "float32", ("N", k, D)), *((f, "float32", ("N", k)) for f in self.keypoint_features)]
+
+
+EXTRACTOR = _Extractor(keypoint_features=("scales", "oris"))
 MATCHER = SimpleNamespace(keypoint_inputs=("oris", "scales"))  # another order than the extractor's
 SPEC = SimpleNamespace(image_size=[32, 48], keypoints=K, match_output="dense", extractor=EXTRACTOR, matcher=MATCHER)
 
@@ -29,12 +37,13 @@ class ToyExtractor(nn.Module):
 class ToyMatcher(nn.Module):
     """Matches keypoint i to i when its orientation pair and scale pair are what the extractor gave."""
 
-    def forward(self, k0, k1, d0, d1, o0, o1, s0, s1):
+    def forward(self, k0, k1, d0, d1, size0, size1, o0, o1, s0, s1):
         def close(a, b):
             return (a - b).abs() < 1e-3
 
         ok = close(o0, k0[..., 0] * 100) & close(o1, k1[..., 0] * 100) & close(s0, k0[..., 0] * 10) & close(s1, k1[..., 0] * 10)
         ok = ok & close(d0[..., 0], k0[..., 0]) & close(d1[..., 0], k1[..., 0])
+        ok = ok & (size0[:, :1] > 0) & (size1[:, :1] > 0)  # (width, height) of each image
         matches0 = torch.where(ok, torch.arange(K).expand_as(ok), torch.full_like(ok, -1, dtype=torch.int64))
         return matches0, ok.float()
 
@@ -52,13 +61,15 @@ def test_graph_io_names_the_features_and_the_export_takes_them(tmp_path):
     _, extractor_outputs = graph_io("extractor", SPEC, 3, D)
     assert [t.name for t in extractor_outputs] == ["keypoints", "scores", "descriptors", "scales", "oris"]
     matcher_inputs, _ = graph_io("matcher", SPEC, 3, D)
-    assert [(t.name, t.shape) for t in matcher_inputs][2:] == [("oris", ("2B", K)), ("scales", ("2B", K))]
+    assert [(t.name, t.shape) for t in matcher_inputs][2:] == [("image_sizes", ("2B", 2)), ("oris", ("2B", K)),
+                                                                ("scales", ("2B", K))]
     _, _, descriptors, scales, oris = ToyExtractor()(torch.rand(2, 3, 32, 48))
     keypoints = ToyExtractor()(torch.rand(2, 3, 32, 48))[0]
     path = tmp_path / "matcher.onnx"
-    torch.onnx.export(MatcherGraph(ToyMatcher(), dense=True), (keypoints, descriptors, oris, scales), str(path),
+    sizes = torch.tensor([[48.0, 32.0]]).expand(2, 2)
+    torch.onnx.export(MatcherGraph(ToyMatcher(), dense=True), (keypoints, descriptors, sizes, oris, scales), str(path),
                       dynamo=False, input_names=[t.name for t in matcher_inputs], output_names=["matches0", "mscores0"])
-    assert [i.name for i in onnx.load(str(path)).graph.input] == ["keypoints", "descriptors", "oris", "scales"]
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["keypoints", "descriptors", "image_sizes", "oris", "scales"]
 
 
 def test_a_matcher_needing_features_the_extractor_lacks_is_named():

@@ -20,6 +20,7 @@ import onnx
 import pytest
 
 from glueforge.config import Config
+from glueforge.runtime import EngineBuildError
 from runtimes.tensorrt import parse_trtexec, profile_shapes, timing_cache_path, trtexec_command
 from tests.project import clone_project, doit
 
@@ -179,6 +180,20 @@ def test_trtexec_command_and_output_parsing(tmp_path):
     assert profile_shapes([{"name": "images", "shape": ["N", 3, 480, 640]}], target.batch) == {
         "images": ([1, 3, 480, 640], [2, 3, 480, 640], [4, 3, 480, 640])}
     assert profile_shapes([{"name": "images", "shape": ["2B", 3, 480, 640]}], target.batch)["images"][0] == [2, 3, 480, 640]
+
+
+def test_image_size_profiles_come_from_models_yaml():
+    """Dynamic H and W: min/max from models.yaml ``export.sizes``, the optimum from ``export.image_size``."""
+    config = Config.load(Path(__file__).resolve().parents[1] / "models.yaml")
+    target = config.target("agx_orin")  # batch min 1, opt 2, max 4 pairs
+    sizes = config.export_settings("aliked_lightglue", "agx_orin").sizes
+    images = [{"name": "images", "shape": ["N", 3, "H", "W"]}]
+    assert profile_shapes(images, target.batch, sizes) == {
+        "images": ([1, 3, 256, 320], [4, 3, 480, 640], [8, 3, 768, 1280])}
+    cmd = trtexec_command(Path("trtexec"), Path("g.onnx"), Path("g.engine"), target, images, sizes=sizes)
+    assert "--minShapes=images:1x3x256x320" in cmd and "--maxShapes=images:8x3x768x1280" in cmd
+    with pytest.raises(EngineBuildError, match="no profile for dimension 'H'"):
+        profile_shapes(images, target.batch)
 
 
 def test_timing_cache_is_keyed_and_never_mixed(tmp_path):

@@ -129,7 +129,7 @@ def task_metrics(
         ref = tuple(
             {k.split("/")[-1]: v for k, v in reference.items() if k.startswith(f"features/{i}/")} for i in (2 * pair, 2 * pair + 1)
         )
-        if graph == "extractor":
+        if graph == "extractor" or f"pairs/{pair}/matches" not in reference:
             ref_matches = cand_matches = np.zeros((0, 2), dtype=np.int64)
         else:
             ref_matches = reference[f"pairs/{pair}/matches"]
@@ -137,12 +137,13 @@ def task_metrics(
         per_pair.append(
             pair_metrics((ref[0], ref[1], ref_matches), (_features(features, 2 * pair), _features(features, 2 * pair + 1), cand_matches))
         )
-    worst = {k: min(p[k] for p in per_pair) for k in per_pair[0] if k not in ("matches", "reference_matches")}
+    result = {k: min(p[k] for p in per_pair) for k in per_pair[0] if k not in ("matches", "reference_matches")}
     if graph == "extractor":
-        worst.pop("match_recall")
-    worst["matches"] = float(sum(p["matches"] for p in per_pair))
-    worst["reference_matches"] = float(sum(p["reference_matches"] for p in per_pair))
-    return worst
+        result.pop("match_recall")
+        return result
+    result["matches"] = float(sum(p["matches"] for p in per_pair))
+    result["reference_matches"] = float(sum(p["reference_matches"] for p in per_pair))
+    return result
 
 
 def judge(metrics: dict[str, float], target: Target) -> dict[str, bool]:
@@ -155,31 +156,58 @@ def judge(metrics: dict[str, float], target: Target) -> dict[str, bool]:
     return checks
 
 
+def cases(flat: Mapping[str, np.ndarray], graph: str) -> list[str]:
+    """The validated image sizes of ``graph`` in an export's npz (keys ``<graph>@<H>x<W>/<tensor>``), in order."""
+    return list(dict.fromkeys(k.split("/")[0].split("@")[1] for k in flat if k.startswith(f"{graph}@")))
+
+
+def worst(per_size: Mapping[str, dict[str, Any]]) -> dict[str, float]:
+    """The worst of each metric over the validated sizes (counts are summed)."""
+    metrics = [r["metrics"] for r in per_size.values()]
+    return {k: (sum(m[k] for m in metrics) if k in ("matches", "reference_matches") else min(m[k] for m in metrics))
+            for k in metrics[0]}
+
+
 def validate(
-    engines: Mapping[str, Callable[[str], Any]], export_dir: Path, target_name: str, target: Target
+    engines: Mapping[str, Callable[[str], Any]],
+    export_dir: Path,
+    target_name: str,
+    target: Target,
+    decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """Validate every graph; ``engines`` maps a graph name to a polygraphy runner factory
-    (``name -> runner``, a runtime module's ``runner``)."""
+    """Validate every graph at every recorded image size.
+
+    ``engines`` maps a graph name to a polygraphy runner factory (``name -> runner``, a runtime
+    module's ``runner``); ``decode``, for a dense extractor, turns the extractor graph's maps into
+    padded keypoints, scores and descriptors on the host (the family's ``decode``) before the task metrics.
+    """
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
     inputs, golden, reference = (_npz(export_dir / f"{n}.npz") for n in ("inputs", "golden", "reference"))
     graphs: dict[str, Any] = {}
     for graph, make_runner in engines.items():
-        feed = _split(inputs, graph)
-        results = run_graph(make_runner, feed, f"{target_name}:{graph}")
-        produced = dict(results[0][1][0])
-        comparison = compare_outputs(_split(golden, graph), results, target, feed)
-        metrics = task_metrics(graph, produced, feed, reference)
-        checks = judge(metrics, target)
-        passed = all(c["passed"] for c in comparison.values()) and all(checks.values())
-        graphs[graph] = {"passed": passed, "outputs": comparison, "metrics": metrics, "checks": checks}
-        log.info("validate %s: %s %s", graph, "passed" if passed else "FAILED", {k: round(v, 5) for k, v in metrics.items()})
+        per_size: dict[str, Any] = {}
+        for size in cases(inputs, graph):
+            feed = _split(inputs, f"{graph}@{size}")
+            results = run_graph(make_runner, feed, f"{target_name}:{graph}@{size}")
+            produced = dict(results[0][1][0])
+            comparison = compare_outputs(_split(golden, f"{graph}@{size}"), results, target, feed)
+            if decode is not None and graph == "extractor":
+                produced = decode(produced)
+            metrics = task_metrics(graph, produced, feed, _split(reference, size))
+            checks = judge(metrics, target)
+            passed = all(c["passed"] for c in comparison.values()) and all(checks.values())
+            per_size[size] = {"passed": passed, "outputs": comparison, "metrics": metrics, "checks": checks}
+            log.info("validate %s at %s: %s %s", graph, size, "passed" if passed else "FAILED",
+                     {k: round(v, 5) for k, v in metrics.items()})
+        graphs[graph] = {"passed": all(r["passed"] for r in per_size.values()), "metrics": worst(per_size),
+                         "sizes": per_size}
     report = {
         "passed": all(g["passed"] for g in graphs.values()),
         "target": target_name,
         "golden": "patched PyTorch model (the exported code), same inputs",
-        "reference": "the unpatched upstream model (kornia), same weights and keypoint count",
+        "reference": "the unpatched upstream model, same weights and keypoint count",
         "thresholds": target.thresholds.model_dump(),
         "measured_on": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                         "system": platform.system(), "python": platform.python_version()},

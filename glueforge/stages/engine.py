@@ -31,9 +31,11 @@ class Engine(Stage):
 
     def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
         fused = inputs["fuse"]
+        io = json.loads(inputs["export"].file("io.json").read_text())
         context = BuildContext(
             target_name=job.target,
-            io=json.loads(inputs["export"].file("io.json").read_text())["graphs"],
+            io=io["graphs"],
+            sizes=io["image_sizes"],
             prepared=fused.meta,
             timing_cache_dir=services.artifacts / "timing-cache",
             project_root=services.root,

@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from glueforge.cache import Result
 from glueforge.config import ExportSettings
 from glueforge.stages import Job, Services, Stage, tool_versions
@@ -35,9 +37,9 @@ class Export(Stage):
         return [__name__, *(family.__name__ for family in job.families)]
 
     def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        weights = job.config.project.weights
         return {
-            "weights": {role: weights[name].sha256 for role, name in job.weight_names().items()},
+            # the effective digest: declared, or recorded on first use (known only once the weight is fetched)
+            "weights": {role: services.weight_digest(name) for role, name in job.weight_names().items()},
             "settings": job.settings.payload(),
             # the validation inputs it also records are data for the validate stage, whose key has their digests
             "tools": tool_versions("torch", "kornia", "onnx"),
@@ -48,8 +50,17 @@ class Export(Stage):
         return export(job.settings, weights, out)
 
 
+def case(graph: str, size: tuple[int, int] | list[int]) -> str:
+    """The npz key prefix of one graph's validation inputs and outputs at one image size: ``end2end@480x640``."""
+    return f"{graph}@{size[0]}x{size[1]}"
+
+
 def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> dict[str, Any]:
-    """Export ``settings.graphs`` into ``out``; return the stage metadata."""
+    """Export ``settings.graphs`` into ``out``; return the stage metadata.
+
+    Every graph is traced once at ``settings.image_size`` with H and W dynamic, then run at each
+    validated size; inputs and outputs are keyed ``<graph>@<H>x<W>/<tensor>``.
+    """
     import numpy as np
     import torch
 
@@ -58,13 +69,12 @@ def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
     torch.manual_seed(0)
     models = Models(settings, weights)
     extractor = settings.extractor
-    images = torch.from_numpy(default_pairs(settings.image_size, extractor.colour))
+    pairs = {tuple(size): torch.from_numpy(default_pairs(size, extractor.colour)) for size in settings.all_sizes}
     inputs: dict[str, np.ndarray] = {}
     golden: dict[str, np.ndarray] = {}
     io: dict[str, Any] = {}
     for graph in settings.graphs:
         module = models.graph(graph)
-        example = models.example_inputs(graph, images)
         ins, outs = graph_io(graph, settings, models.channels, models.descriptor_dim)
         dynamic = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in ins + outs}
         log.info("export %s/%s: tracing", settings.model, graph)
@@ -72,7 +82,7 @@ def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
             warnings.simplefilter("ignore")  # TracerWarnings about Python scalars are expected and harmless here
             torch.onnx.export(
                 module,
-                example,
+                models.example_inputs(graph, pairs[tuple(settings.image_size)]),
                 str(out / f"{graph}.onnx"),
                 dynamo=False,
                 opset_version=settings.opset,
@@ -81,32 +91,44 @@ def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
-        with torch.no_grad():
-            result = module(*example)
-        for spec, value in zip(ins, example):
-            inputs[f"{graph}/{spec.name}"] = value.numpy()
-        for spec, value in zip(outs, result):
-            golden[f"{graph}/{spec.name}"] = value.numpy()
+        for size, images in pairs.items():
+            example = models.example_inputs(graph, images)
+            with torch.no_grad():
+                result = module(*example)
+            for spec, value in zip(ins, example):
+                inputs[f"{case(graph, size)}/{spec.name}"] = value.numpy()
+            for spec, value in zip(outs, result):
+                golden[f"{case(graph, size)}/{spec.name}"] = value.numpy()
         io[graph] = {"inputs": [t.as_dict() for t in ins], "outputs": [t.as_dict() for t in outs]}
 
-    reference = reference_outputs(models, images)
+    reference: dict[str, Any] = {}
+    for size, images in pairs.items():
+        reference.update({f"{size[0]}x{size[1]}/{k}": v for k, v in reference_outputs(models, images).items()})
     np.savez(out / "inputs.npz", **inputs)
     np.savez(out / "golden.npz", **golden)
     np.savez(out / "reference.npz", **reference)
-    (out / "io.json").write_text(json.dumps({"graphs": io, "preprocessing": preprocessing(extractor.colour, extractor.channels)}, indent=1))
-    return {"graphs": list(settings.graphs), "validation_pairs": int(images.shape[0] // 2),
-            "exporter": "torch.onnx.export (TorchScript, dynamo=False)"}
+    spec = {"graphs": io, "preprocessing": preprocessing(extractor.colour, extractor.channels, extractor.divisor, settings.sizes,
+                                                         extractor.host_extractor if extractor.host else ""),
+            "image_sizes": {**settings.sizes, "divisor": extractor.divisor}, "keypoints": settings.keypoints}
+    (out / "io.json").write_text(json.dumps(spec, indent=1))
+    return {"graphs": list(settings.graphs), "validation_pairs": len(pairs) * int(next(iter(pairs.values())).shape[0] // 2),
+            "validation_sizes": [list(size) for size in pairs], "exporter": "torch.onnx.export (TorchScript, dynamo=False)"}
 
 
 def reference_outputs(models, images) -> dict[str, Any]:
-    """The upstream reference's features of every image and matches of every pair, flattened to npz keys."""
+    """The upstream reference's features of every image and, with a matcher, the matches of every pair,
+    flattened to npz keys."""
     features = models.reference_features(images)
+    h, w = images.shape[-2:]
     out: dict[str, Any] = {}
     for i, f in enumerate(features):
         for name, value in f.items():
             out[f"features/{i}/{name}"] = value
+    if models.matcher is None:
+        return out
     for pair in range(len(features) // 2):
-        matches = models.reference_matches(features[2 * pair], features[2 * pair + 1])
+        sized = [{**f, "image_size": np.array([w, h], dtype=np.float32)} for f in features[2 * pair: 2 * pair + 2]]
+        matches = models.reference_matches(*sized)
         for name, value in matches.items():
             out[f"pairs/{pair}/{name}"] = value
     return out

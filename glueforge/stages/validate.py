@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from glueforge import registry
 from glueforge.cache import Result
 from glueforge.stages import Job, Services, Stage, tool_versions
 from validation.validate import ValidationFailed, validate
@@ -24,7 +25,8 @@ class Validate(Stage):
         return ("engine", "export")  # the export holds the validation inputs, golden and reference outputs
 
     def modules(self, job: Job) -> list[str]:
-        return [__name__, job.runtime.__name__]
+        dense = [registry.family(job.spec.extractor.family).__name__] if job.spec.extractor.dense else []
+        return [__name__, job.runtime.__name__, *dense]  # a dense extractor's decode is the family's
 
     def settings(self, services: Services, job: Job) -> dict[str, Any]:
         return {"target": job.target_spec.model_dump(mode="json", exclude={"description"}),
@@ -33,12 +35,15 @@ class Validate(Stage):
     def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
         engine = inputs["engine"].path
         runners = {g: (lambda name, g=g: job.runtime.runner(engine, g, name)) for g in job.graphs}
-        report = validate(runners, inputs["export"].path, job.target, job.target_spec)
+        x, k = job.settings.extractor, job.settings.keypoints
+        decode = (lambda outputs: registry.family(x.family).decode(x, outputs, k)) if x.dense else None
+        report = validate(runners, inputs["export"].path, job.target, job.target_spec, decode)
         report["measured_with"] = job.runtime.measured_with
         if not report["passed"]:
-            failed = {g: {**{k: v for k, v in r["checks"].items() if not v},
-                          **{k: v for k, v in r["outputs"].items() if not v["passed"]}}
-                      for g, r in report["graphs"].items() if not r["passed"]}
+            failed = {f"{g}@{size}": {**{k: v for k, v in r["checks"].items() if not v},
+                                      **{k: v for k, v in r["outputs"].items() if not v["passed"]}}
+                      for g, per_graph in report["graphs"].items() for size, r in per_graph["sizes"].items()
+                      if not r["passed"]}
             raise ValidationFailed(f"{job.model} on {job.target}: validation failed: {json.dumps(failed, default=str)}")
         (out / "validation.json").write_text(json.dumps(report, indent=1))
         return {"passed": True}
