@@ -202,3 +202,47 @@ def test_parity_tests_named_by_patches_exist():
         assert named, f"{path.name} names no parity test"
         for file, test in named:
             assert f"def {test}(" in (tests_dir.parent / file).read_text(), f"{path.name}: {file}::{test} does not exist"
+
+
+# -- ALIKED deformable convolution and upsampling (dynamic H and W) -----------------------------
+@pytest.mark.parametrize("mask", [False, True], ids=["dcn-v1", "dcn-v2"])
+def test_deform_grid_equals_upstream(mask):
+    """Integer sampling base and offset fractions: upstream's deformable convolution to float32 rounding,
+    with offsets large enough to leave the map."""
+    import copy
+
+    from kornia.feature.aliked.aliked import DeformableConv2d
+
+    from patches import aliked_deform_grid
+
+    torch.manual_seed(0)
+    upstream = DeformableConv2d(16, 32, mask=mask).eval()
+    with torch.no_grad():
+        upstream.offset_conv.weight.mul_(20)  # offsets of several pixels, some outside the map
+    patched = copy.deepcopy(upstream)
+    assert aliked_deform_grid.apply(patched, None) == 1
+    for h, w in ((12, 20), (24, 78), (7, 9)):
+        x = torch.randn(2, 16, h, w)
+        with torch.no_grad():
+            expected, got = upstream(x), patched(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("scale", [2, 8, 32])
+def test_upsample_grid_equals_upstream(scale):
+    """GridSample over the aligned-corners grid: nn.Upsample's bilinear interpolation to float32 rounding."""
+    import copy
+
+    from patches import aliked_upsample_grid
+
+    upstream = torch.nn.Sequential(torch.nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=True))
+    patched = copy.deepcopy(upstream)
+    assert aliked_upsample_grid.apply(patched, None) == 1
+    torch.manual_seed(1)
+    for h, w in ((3, 5), (12, 39), (15, 20)):
+        x = torch.randn(2, 4, h, w)
+        torch.testing.assert_close(patched(x), upstream(x), rtol=0, atol=5e-5)
+    with pytest.raises(ValueError, match="integer scale"):
+        aliked_upsample_grid.apply(torch.nn.Sequential(torch.nn.Upsample(scale_factor=1.5, mode="bilinear",
+                                                                         align_corners=True)), None)
