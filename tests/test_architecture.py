@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import MODELS, REPO, clone_project
+from tests.project import MATCHED, MODELS, REPO, clone_project
 
 CORE = ("glueforge", "validation")
-NAMES = re.compile(r"[\"'](aliked|disk|xfeat|lightglue|lighterglue|onnxruntime|openvino|tensorrt|tensorrt_rtx)[\"']")
+NAMES = re.compile(r"[\"'](aliked|disk|xfeat|superpoint|sift|lightglue|lighterglue|onnxruntime|openvino|tensorrt|tensorrt_rtx)[\"']")
 TARGETS = ("cpu", "openvino", "rtx")
 
 
@@ -85,7 +85,7 @@ def _jobs(stages, models=MODELS, targets=TARGETS) -> set[str]:
 @pytest.mark.parametrize("module, expected", [
     # a family: the exports of the models that use it, and nothing else
     ("exporters/disk.py", _jobs(["export"], ["disk_lightglue"])),
-    ("exporters/lightglue.py", _jobs(["export"])),
+    ("exporters/lightglue.py", _jobs(["export"], MATCHED)),  # not the extractor-only models
     ("patches/xfeat_tensor_forward.py", _jobs(["export"], ["xfeat_lighterglue"])),
     # a runtime: the stages of its targets that run it
     ("runtimes/onnxruntime.py", _jobs(["fuse", "engine", "validate"], targets=["cpu"])),

@@ -104,8 +104,10 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
         assert flags["--timingCacheFile"].endswith(".cache") and "sm87-trt10.3.0-" in flags["--timingCacheFile"]
         graph = Path(flags["--saveEngine"]).stem
         if graph in ("end2end", "extractor"):  # end2end: a pair at least; extractor: one image (per frame)
-            assert flags["--minShapes"] == f"images:{1 if graph == 'extractor' else 2}x3x480x640"
-            assert flags["--maxShapes"] == "images:4x3x480x640"
+            # H and W from models.yaml: export.sizes min and max, image_size the optimum
+            assert flags["--minShapes"] == f"images:{1 if graph == 'extractor' else 2}x3x256x320"
+            assert flags["--optShapes"] == "images:2x3x480x640"
+            assert flags["--maxShapes"] == "images:4x3x768x1280"
     engines = list((fused / "artifacts/cas/engine").glob("*/*.engine"))
     assert {e.stem for e in engines} == {"end2end", "extractor", "matcher"}
     assert all(json.loads(e.read_text())["stand_in_engine"] for e in engines)

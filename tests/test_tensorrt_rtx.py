@@ -15,9 +15,10 @@ from pathlib import Path
 import onnx
 import pytest
 
+from glueforge.config import Config
 from glueforge.files import sha256_file
 
-from tests.project import MODELS, VERSIONS, assert_parity, clone_project, doit
+from tests.project import MATCHED, MODELS, SELECT, VERSIONS, assert_parity, clone_project, doit
 
 log = logging.getLogger(__name__)
 TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}
@@ -28,7 +29,7 @@ FP16_PARITY = {"descriptor_cosine_mean": 0.995, "match_recall": 0.90}
 def rtx_built(tmp_path_factory, download_cache) -> Path:
     project = clone_project(tmp_path_factory.mktemp("rtx"))
     for target in TARGETS:
-        proc, executed, _ = doit(project, "build", f"target={target}")
+        proc, executed, _ = doit(project, "build", f"target={target}", SELECT)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         for model in MODELS:
             assert f"engine:{target}:{model}" in executed
@@ -37,6 +38,7 @@ def rtx_built(tmp_path_factory, download_cache) -> Path:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_rtx_bundles_hold_real_engines(rtx_built, target):
+    config = Config.load(rtx_built / "models.yaml")
     for model in MODELS:
         bundle = rtx_built / "artifacts/store" / model / VERSIONS[model] / target
         manifest = json.loads((bundle / "manifest.json").read_text())
@@ -44,26 +46,35 @@ def test_rtx_bundles_hold_real_engines(rtx_built, target):
         assert runtime["runtime"] == "tensorrt_rtx" and runtime["tensorrt_rtx"].startswith("1.")
         assert runtime["compute_capability"] == TARGETS[target] and manifest["precision"] == "fp16"
         assert manifest["validation"]["status"] == "passed"
-        for graph in ("end2end", "extractor", "matcher"):
+        for graph in manifest["graphs"]:
             engine = runtime["engines"][graph]
             assert engine["engine_bytes"] == (bundle / f"{graph}.engine").stat().st_size > 1_000_000
             assert engine["weights_memory_bytes"] > 0 and engine["activation_memory_bytes"] > 0
             images = engine["profile_shapes"].get("images")
             if images:  # min/opt/max: the extractor takes one image (per-frame extraction), end2end a pair
                 assert images[0][0] == (1 if graph == "extractor" else 2) and images[2][0] == 2 * 2  # batch max 2 pairs
+                # H and W: models.yaml's export.sizes min and max, its image_size the optimum
+                export = config.model(model).export
+                assert [shape[2:] for shape in images] == [export.sizes.min, export.image_size, export.sizes.max]
             assert manifest["files"][f"{graph}.engine"]["sha256"] == sha256_file(bundle / f"{graph}.engine")
             model_fp16 = onnx.load(str(bundle / f"{graph}.onnx"), load_external_data=False)
             assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model_fp16.graph.initializer)
             assert {n.domain for n in model_fp16.graph.node} <= {"", "ai.onnx"}
+    # one bundle validated at 480x640 and at KITTI's 376x1241 padded to 384x1248, every graph
+    validation = json.loads((rtx_built / "artifacts/store/aliked_lightglue" / VERSIONS["aliked_lightglue"] / target /
+                             "manifest.json").read_text())["validation"]
+    for graph, result in validation["graphs"].items():
+        assert set(result["sizes"]) == {"480x640", "384x1248"}, graph
+        assert all(r["metrics"]["keypoint_mnn"] >= 0.9 for r in result["sizes"].values()), (graph, result)
 
 
 def test_rtx_second_run_executes_nothing(rtx_built):
     for target in TARGETS:
-        proc, executed, _ = doit(rtx_built, "build", f"target={target}")
+        proc, executed, _ = doit(rtx_built, "build", f"target={target}", SELECT)
         assert proc.returncode == 0 and executed == [], proc.stdout[-2000:]
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MATCHED)
 def test_fp16_onnx_parity_with_fp32_reference(rtx_built, download_cache, model):
     text = assert_parity(rtx_built, model, "rtx", download_cache, FP16_PARITY)
     log.info("FP16 ONNX (rtx) against kornia FP32:\n%s", text)

@@ -1,0 +1,70 @@
+"""Seeded random weights in the upstream checkpoint layouts, for the models whose real weights are on
+GitHub, which this machine and CI cannot reach (SuperPoint, SuperPoint-open, superpoint_lightglue and
+sift_lightglue), and the overlay that builds those models with them.
+
+What these weights prove: that the export, the engines and the host-side code reproduce the
+family's unpatched PyTorch module exactly, with the upstream key names and shapes. What they
+cannot prove: accuracy on real images; the README says which models were validated on real weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import yaml
+
+# LightGlue's released checkpoints predate upstream's module renaming (self_attn.i -> transformers.i.self_attn)
+_RELEASE_NAMES = (("transformers.{i}.self_attn.", "self_attn.{i}."), ("transformers.{i}.cross_attn.", "cross_attn.{i}."))
+# a random final projection makes every similarity near-equal, so the double softmax gives no score above the
+# filter threshold and nothing would be matched; scaled up, mutual nearest neighbours become confident matches
+FINAL_PROJ_GAIN = 8.0
+
+
+def lightglue_state_dict(features: str, seed: int) -> dict[str, torch.Tensor]:
+    """A LightGlue of the ``features`` checkpoint's architecture with seeded random weights, in the release layout."""
+    from kornia.feature import LightGlue
+
+    from exporters.lightglue import ARCHITECTURES
+
+    torch.manual_seed(seed)
+    conf = {"add_scale_ori": False, **ARCHITECTURES[features]}
+    model = LightGlue(features=None, **conf)
+    state = {}
+    for key, value in model.state_dict().items():
+        for i in range(conf["n_layers"]):
+            for new, old in _RELEASE_NAMES:
+                if key.startswith(new.format(i=i)):
+                    key = old.format(i=i) + key[len(new.format(i=i)):]
+        if ".final_proj." in key:
+            value = value * FINAL_PROJ_GAIN
+        state[key] = value.clone()
+    return state
+
+
+def write_weights(directory: Path, seed: int = 0) -> dict[str, Path]:
+    """The four unreachable weights, seeded, as .pth files in ``directory``: weight name -> file."""
+    from exporters.superpoint import random_state_dict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    states = {
+        "superpoint_v1": random_state_dict("magicleap", seed),
+        "superpoint_open": random_state_dict("open", seed),
+        "superpoint_lightglue": lightglue_state_dict("superpoint", seed),
+        "sift_lightglue": lightglue_state_dict("sift", seed),
+    }
+    files = {}
+    for name, state in states.items():
+        files[name] = directory / f"{name}.seeded.pth"
+        torch.save(state, files[name])
+    return files
+
+
+def write_overlay(path: Path, files: dict[str, Path]) -> Path:
+    """An overlay over models.yaml whose weights are the seeded files (declared by their sha256)."""
+    weights = {name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "trust": None, "sources": [{"file": str(f)}],
+                      "note": "seeded random weights in the upstream layout (tests/seeded.py)"}
+               for name, f in files.items()}
+    path.write_text(yaml.safe_dump({"weights": weights}, sort_keys=False))
+    return path
