@@ -15,3 +15,14 @@ class GlueforgeError(RuntimeError):
     Entry points (``doit``, ``glueforge``) print these as one message without a traceback;
     any other exception is a bug and keeps its traceback.
     """
+
+
+def open(path):  # noqa: A001 - glueforge.open(bundle_dir), the runtime API's entry point
+    """Open a bundle directory for running: ``extract``, ``match``, ``match_pair`` (``glueforge.api.open``).
+
+    Imported by name at call time: every module imports this package, and a static import here would
+    put the runtime API into the code identity of every stage.
+    """
+    import importlib
+
+    return importlib.import_module("glueforge.api").open(path)

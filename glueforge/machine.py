@@ -69,3 +69,30 @@ def tool_versions(*packages: str) -> dict[str, str]:
                 raise GlueforgeError(f"{name} is not installed and glueforge does not pin it") from None
             versions[name] = pin
     return versions
+
+
+def describe() -> dict[str, object]:
+    """The machine that measured something: processor, logical CPUs, memory, system, GPU (for benchmarks)."""
+    import platform
+
+    processor = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        result = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        gpu = result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None
+    return {"processor": processor, "cores": os.cpu_count(), "memory_gib": memory, "system": platform.platform(),
+            "python": platform.python_version(), "gpu": gpu, "compute_capability": compute_capability()}

@@ -19,6 +19,10 @@ through ``glueforge.registry.runtime(target.runtime)`` and never names it:
 - ``runner(directory, graph, name) -> polygraphy runner``: runs one graph of an engine
   directory (a cache entry or a bundle); validation, parity and later users run engines
   only through it;
+- ``open_graph(directory, graph, manifest) -> GraphRunner``: the engine itself, for the runtime
+  API (``glueforge.api``) and ``glueforge bench``, with no polygraphy and no torch;
+- ``runs_here(target) -> str | None``: why this machine cannot run the target's engines (the
+  benchmark stage then records the device command instead of figures), or None;
 - ``measured_with``: what validation of its engines actually runs, for the manifest;
 - ``check_compatibility(manifest)``: refuses a bundle this machine cannot run (pull);
   standard library only, like the rest of the pull side.
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from glueforge import GlueforgeError
 
@@ -62,3 +66,39 @@ def relative(path: Path, root: Path) -> str:
         return str(Path(path).resolve().relative_to(Path(root).resolve()))
     except ValueError:
         return str(path)
+
+
+class GraphRunner(Protocol):
+    """One graph of a bundle or engine directory, loaded and ready: numpy arrays in and out.
+
+    What a runtime module's ``open_graph(directory, graph, manifest)`` returns, and all that the
+    runtime API (``glueforge.api``) and ``glueforge bench`` use of an engine.
+    """
+
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        """Run once: input name -> array; returns output name -> array, in the graph's output order."""
+        ...
+
+    def device_memory(self) -> int | None:
+        """Bytes this engine holds on the device (activations, I/O buffers); None where it runs on the host."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PolygraphyGraph:
+    """A polygraphy runner (what validation runs, ``runner(directory, graph, name)``) as a :class:`GraphRunner`."""
+
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+        runner.activate()
+
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._runner.infer(dict(feed)))
+
+    def device_memory(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        if self._runner.is_active:
+            self._runner.deactivate()

@@ -5,7 +5,8 @@
 - engine: the ONNX model plus the session settings it must be run with (``session.json``);
   the model is loaded once here with exactly those settings, so a graph the runtime rejects
   fails this stage, not the application;
-- runner: polygraphy's ``OnnxrtRunner`` over a session made with the recorded settings.
+- runner: polygraphy's ``OnnxrtRunner`` over a session made with the recorded settings;
+- open_graph: the same session for the runtime API (``glueforge.api``), without polygraphy.
 """
 
 from __future__ import annotations
@@ -94,9 +95,44 @@ def runner(directory: Path, graph: str, name: str):
     """A polygraphy runner of ``graph`` in an engine directory, with its recorded session settings."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    recorded = json.loads((Path(directory) / SESSION).read_text())
-    settings = OrtSession(**{k: v for k, v in recorded.items() if k in OrtSession.model_fields})
+    settings = _recorded_session(directory)
     return OnnxrtRunner(lambda: session(Path(directory) / f"{graph}.onnx", settings), name=name)
+
+
+class OrtGraph:
+    """One graph as a :class:`glueforge.runtime.GraphRunner`: a session with the recorded settings."""
+
+    def __init__(self, path: Path, settings: OrtSession) -> None:
+        self.session = session(path, settings)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(zip(self.outputs, self.session.run(None, dict(feed))))
+
+    def device_memory(self) -> int | None:
+        return None  # the CPU provider: host memory, counted in the process's RSS
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _recorded_session(directory: Path) -> OrtSession:
+    recorded = json.loads((Path(directory) / SESSION).read_text())
+    return OrtSession(**{k: v for k, v in recorded.items() if k in OrtSession.model_fields})
+
+
+def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None = None) -> OrtGraph:
+    """``graph`` of a bundle or engine directory, for the runtime API."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise EngineUnavailable("this bundle runs with ONNX Runtime: pip install onnxruntime") from None
+    return OrtGraph(Path(directory) / f"{graph}.onnx", _recorded_session(directory))
+
+
+def runs_here(target: Target) -> str | None:
+    """Why this machine cannot run the target's engines, or None (the benchmark stage measures them then)."""
+    return None if installed_version() else "onnxruntime is not installed"
 
 
 def check_compatibility(manifest: Mapping[str, Any]) -> None:

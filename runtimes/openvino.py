@@ -185,8 +185,8 @@ def runner(directory: Path, graph: str, name: str):
             super().__init__(name=name, prefix="openvino-runner")
 
         def activate_impl(self) -> None:
-            self.model, self.output_names = compiled(directory, graph)
-            self.request = self.model.create_infer_request()
+            self.graph = OpenVinoGraph(directory, graph)
+            self.model = self.graph.model
 
         def get_input_metadata_impl(self) -> TensorMetadata:
             meta = TensorMetadata()
@@ -197,14 +197,47 @@ def runner(directory: Path, graph: str, name: str):
 
         def infer_impl(self, feed_dict):
             start = time.time()
-            results = self.request.infer(dict(feed_dict))
+            results = self.graph.infer(feed_dict)
             self.inference_time = time.time() - start
-            return OrderedDict((name, results[port].copy()) for name, port in zip(self.output_names, self.model.outputs))
+            return OrderedDict(results)
 
         def deactivate_impl(self) -> None:
-            del self.request, self.model, self.output_names
+            self.graph.close()
+            del self.graph, self.model
 
     return OpenVinoRunner()
+
+
+class OpenVinoGraph:
+    """One graph as a :class:`glueforge.runtime.GraphRunner`: the IR compiled with its recorded properties."""
+
+    def __init__(self, directory: Path, graph: str) -> None:
+        self.model, self.names = compiled(directory, graph)
+        self.request = self.model.create_infer_request()
+
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        results = self.request.infer(dict(feed))
+        return {name: results[port].copy() for name, port in zip(self.names, self.model.outputs)}
+
+    def device_memory(self) -> int | None:
+        return None  # the CPU device: host memory, counted in the process's RSS
+
+    def close(self) -> None:
+        self.request = self.model = None
+
+
+def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None = None) -> OpenVinoGraph:
+    """``graph`` of a bundle or engine directory, for the runtime API."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        raise EngineUnavailable("this bundle runs with OpenVINO: pip install openvino") from None
+    return OpenVinoGraph(Path(directory), graph)
+
+
+def runs_here(target: Target) -> str | None:
+    """Why this machine cannot run the target's engines, or None (the benchmark stage measures them then)."""
+    return None if installed_version() else "OpenVINO is not installed"
 
 
 def check_compatibility(manifest: Mapping[str, Any]) -> None:

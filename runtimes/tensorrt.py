@@ -21,7 +21,10 @@ runner uses to finish from the same artifacts. It never writes a placeholder.
     parsed with glueforge's own logger on the builder, so the memory figures reach the manifest;
 - the machine must have the target's TensorRT release and compute capability; one timing
   cache per device, CUDA, TensorRT and builder configuration;
-- runner: polygraphy's ``TrtRunner`` over the serialized engine (needs the device).
+- runner: polygraphy's ``TrtRunner`` over the serialized engine (needs the device);
+- open_graph (the runtime API): :class:`EngineGraph`, written against NVIDIA's Python runtime API
+  and cuda-python; here it is exercised with stand-ins of both (``tests/stand_in/``), and it runs
+  for real on the device.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Optional, Sequence
 
+import numpy as np
 from packaging.version import Version
 from pydantic import Field, model_validator
 from typing_extensions import Annotated
@@ -190,9 +194,11 @@ def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildC
             if parsed["tensorrt_version"] and not same_release(parsed["tensorrt_version"], version):
                 raise EngineBuildError(f"trtexec reported TensorRT {parsed['tensorrt_version']}, expected {version}")
             engines[name] = {"engine_bytes": engine.stat().st_size, "builder": "trtexec", "command": cmd[1:],
-                             "profile_shapes": {k: list(v) for k, v in profile_shapes(inputs, target.batch, context.sizes).items()}}
+                             "profile_shapes": {k: list(v) for k, v in profile_shapes(inputs, target.batch, context.sizes).items()},
+                             "device_command": " ".join(device_command(name, target, context))}
         else:
             engines[name] = build_with_polygraphy(trt, source, engine, target, inputs, fp32_layers, cache, context.sizes)
+        shutil.copyfile(source, out / f"{name}.onnx")  # the graph it was built from: shipped, to rebuild on the device
     return {"runtime": NAME, NAME: version, "compute_capability": [cc], "cuda": target.cuda_version,
             "jetpack": target.jetpack, "precision": target.precision, "builder": target.builder,
             "timing_cache": cache.name, "engines": engines, "files": {g: f"{g}.engine" for g in sorted(graphs)}}
@@ -212,11 +218,15 @@ def _missing_tensorrt(target: Target, graphs: Mapping[str, Path], context: Build
         "or build each engine directly with:",
     ]
     for name, path in graphs.items():
-        cmd = trtexec_command(JETSON_TRTEXEC, Path(relative(path, context.project_root)), Path(f"{name}.engine"), target,
-                              context.io[name]["inputs"], context.prepared.get(name, {}).get("fp32_layers", ()),
-                              Path("timing.cache"), Path(f"{name}.layers.json"), context.sizes)
-        lines.append("  " + " ".join(cmd))
+        lines.append("  " + " ".join(device_command(name, target, context, Path(relative(path, context.project_root)))))
     return "\n".join(lines)
+
+
+def device_command(graph: str, target: Target, context: BuildContext, onnx_path: Path | None = None) -> list[str]:
+    """The trtexec line that builds ``graph``'s engine on the device (from ``<graph>.onnx`` of a bundle by default)."""
+    return trtexec_command(JETSON_TRTEXEC, onnx_path or Path(f"{graph}.onnx"), Path(f"{graph}.engine"), target,
+                           context.io[graph]["inputs"], context.prepared.get(graph, {}).get("fp32_layers", ()),
+                           Path("timing.cache"), Path(f"{graph}.layers.json"), context.sizes)
 
 
 def _import_tensorrt():
@@ -421,6 +431,139 @@ def timing_cache_path(root: Path, target: Target, tensorrt_version: str, compute
            "builder_optimization_level": target.builder_optimization_level}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(root) / f"sm{compute_capability.replace('.', '')}-trt{tensorrt_version}-{digest}.cache"
+
+
+# -- running an engine: NVIDIA's Python runtime API and cuda-python ---------------------------------
+def _cudart():
+    """cuda-python's CUDA runtime bindings (``pip install cuda-python``), as TensorRT's samples use them."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python 12.6 and later
+    except ImportError:
+        try:
+            from cuda import cudart  # earlier cuda-python
+        except ImportError:
+            raise EngineUnavailable("running a TensorRT engine needs cuda-python for device memory: "
+                                    "pip install cuda-python (glueforge's tensorrt extra)") from None
+    return cudart
+
+
+def _cuda(result, call: str):
+    """The values of a cuda-python call, which returns (error, *values); raises on an error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(getattr(err, "value", err)) != 0:
+        raise EngineUnavailable(f"CUDA {call} failed: {err}")
+    return values[0] if len(values) == 1 else values
+
+
+class EngineGraph:
+    """One serialized engine, run with TensorRT's (or TensorRT-RTX's, whose API mirrors it) Python
+    runtime API: ``Runtime.deserialize_cuda_engine``, an execution context, ``set_input_shape``,
+    ``set_tensor_address`` and ``execute_async_v3`` on a CUDA stream, with device buffers from
+    cuda-python, grown as shapes need. Outputs have static shapes once the inputs' are set (the
+    graphs of TensorRT targets take dense match outputs); a data-dependent one is refused.
+    A :class:`glueforge.runtime.GraphRunner`.
+    """
+
+    def __init__(self, trt, path: Path) -> None:
+        self.trt, self.path, self.cudart = trt, Path(path), _cudart()
+        self.logger = capturing_logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise EngineUnavailable(f"{self.path.name}: {trt.__name__} {trt.__version__} cannot load this engine:\n  "
+                                    + "\n  ".join(self.logger.errors()[-5:] or ["(no message)"]))
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.stream = _cuda(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.buffers: dict[str, tuple[int, int]] = {}  # tensor -> (device pointer, bytes)
+        self.engine_memory = int(getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        pointer, size = self.buffers.get(name, (0, 0))
+        if size < nbytes:
+            if pointer:
+                _cuda(self.cudart.cudaFree(pointer), "cudaFree")
+            pointer, size = _cuda(self.cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc"), max(nbytes, 1)
+            self.buffers[name] = (pointer, size)
+        return pointer
+
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        cudart = self.cudart
+        missing = [n for n in self.inputs if n not in feed]
+        if missing:
+            raise EngineBuildError(f"{self.path.name}: inputs {missing} not given (the engine takes {self.inputs})")
+        for name in self.inputs:
+            array = np.ascontiguousarray(feed[name])
+            if array.dtype != self.dtypes[name]:
+                raise EngineBuildError(f"{self.path.name}: input {name!r} is {array.dtype}; the engine takes {self.dtypes[name]}")
+            if not self.context.set_input_shape(name, tuple(array.shape)):
+                lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+                raise EngineBuildError(f"{self.path.name}: input {name!r} of shape {tuple(array.shape)} is outside the "
+                                       f"engine's profile {tuple(lo)} .. {tuple(hi)}")
+            pointer = self._buffer(name, array.nbytes)
+            _cuda(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "cudaMemcpyAsync")
+            self.context.set_tensor_address(name, pointer)
+        results = {}
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise EngineBuildError(f"{self.path.name}: output {name!r} has a data-dependent shape {shape}; the graphs "
+                                       "of TensorRT targets take dense match outputs")
+            results[name] = np.empty(shape, dtype=self.dtypes[name])
+            self.context.set_tensor_address(name, self._buffer(name, results[name].nbytes))
+        if not self.context.execute_async_v3(self.stream):
+            raise EngineBuildError(f"{self.path.name}: execute_async_v3 failed:\n  " + "\n  ".join(self.logger.errors()[-5:]))
+        for name, array in results.items():
+            _cuda(cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "cudaMemcpyAsync")
+        _cuda(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return results
+
+    def device_memory(self) -> int:
+        """The engine's activation memory plus its input and output buffers, in bytes."""
+        return self.engine_memory + sum(size for _, size in self.buffers.values())
+
+    def close(self) -> None:
+        for pointer, _ in self.buffers.values():
+            self.cudart.cudaFree(pointer)
+        self.buffers.clear()
+        if self.stream is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+        self.context = self.engine = None
+
+
+def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None = None) -> EngineGraph:
+    """``graph``'s engine of a bundle, for the runtime API: needs TensorRT, cuda-python and the engine's GPU."""
+    trt = _import_tensorrt()
+    if trt is None:
+        raise EngineUnavailable("this bundle's engines run with TensorRT (JetPack on a Jetson) and cuda-python; this "
+                                "machine has no TensorRT Python package")
+    if manifest is not None:
+        check_compatibility(manifest)
+    return EngineGraph(trt, Path(directory) / f"{graph}.engine")
+
+
+def runs_here(target: Target) -> str | None:
+    """Why this machine cannot run the target's engines, or None (the benchmark stage measures them then)."""
+    installed, cc = installed_version(), machine.compute_capability()
+    if installed is None or not same_release(installed, target.tensorrt_version):
+        return f"TensorRT {target.tensorrt_version} is not installed here (found {installed or 'none'})"
+    if cc not in target.compute_capability:
+        return f"the engine runs on compute capability {', '.join(target.compute_capability)}; this machine has {cc or 'no GPU'}"
+    return _needs_cudart()
+
+
+def _needs_cudart() -> str | None:
+    try:
+        _cudart()
+    except EngineUnavailable as e:
+        return str(e)
+    return None
 
 
 # -- running and pulling ----------------------------------------------------------------------------

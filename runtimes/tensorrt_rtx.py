@@ -11,7 +11,9 @@ H100). TensorRT-RTX builds strongly typed networks only:
   TensorRT-RTX with the process-wide ``POLYGRAPHY_USE_TENSORRT_RTX``, fixed when polygraphy is
   first imported, and the same process runs polygraphy for validation;
 - runner: on machines without an RTX GPU, validation runs the FP16 ONNX each engine was
-  compiled from (shipped in the bundle next to it) with onnxruntime on the CPU.
+  compiled from (shipped in the bundle next to it) with onnxruntime on the CPU;
+- open_graph (the runtime API): the engine itself through TensorRT-RTX's runtime API
+  (``runtimes.tensorrt.EngineGraph``), on an RTX GPU; tested here with stand-ins.
 """
 
 from __future__ import annotations
@@ -124,6 +126,31 @@ def runner(directory: Path, graph: str, name: str):
 
 def check_compatibility(manifest: Mapping[str, Any]) -> None:
     tensorrt.check_compatibility(manifest, installed_version(), NAME)
+
+
+def runs_here(target: Target) -> str | None:
+    """Why this machine cannot run the target's engines, or None (the benchmark stage measures them then)."""
+    cc = machine.compute_capability()
+    if installed_version() is None:
+        return "TensorRT-RTX is not installed here"
+    if cc not in target.compute_capability:
+        return (f"TensorRT-RTX engines run on RTX GPUs; this target's are compute capability "
+                f"{', '.join(target.compute_capability)}, and this machine has {cc or 'no GPU'}")
+    return tensorrt._needs_cudart()
+
+
+def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None = None):
+    """``graph``'s engine of a bundle, for the runtime API (``runtimes.tensorrt.EngineGraph``: TensorRT-RTX's
+    runtime API mirrors TensorRT's): needs tensorrt_rtx, cuda-python and an RTX GPU of the engine's compute
+    capabilities. Without one, the engine cannot run; validation ran its FP16 ONNX instead (``runner``)."""
+    try:
+        import tensorrt_rtx as trt
+    except ImportError:
+        raise EngineUnavailable("this bundle's engines run with TensorRT-RTX: pip install tensorrt-rtx-cu13 cuda-python, "
+                                "on a machine with an RTX GPU") from None
+    if manifest is not None:
+        check_compatibility(manifest)
+    return tensorrt.EngineGraph(trt, Path(directory) / f"{graph}.engine")
 
 
 def build_with_api(trt, onnx_path: Path, engine_path: Path, target: Target, inputs: Sequence[Mapping[str, Any]],

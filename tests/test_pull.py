@@ -1,5 +1,6 @@
 """Pulling as a downstream application does: a virtual environment with only the pull
-dependencies (boto3, PyYAML, packaging), and the machine-compatibility check."""
+dependencies (boto3, PyYAML, packaging, pydantic, and numpy, Pillow, tqdm for running bundles),
+and the machine-compatibility check."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_pull_only_environment_pulls_and_verifies(s3_server, tmp_path):
     source = clone_project(tmp_path / "source")  # building a wheel writes build/ next to the sources
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(source)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-3000:]
-    for heavy in ("torch", "onnx", "onnxruntime", "tensorrt", "numpy"):
+    for heavy in ("torch", "onnx", "onnxruntime", "tensorrt", "kornia", "polygraphy"):
         probe = subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True)
         assert probe.returncode != 0, f"{heavy} is importable in the pull-only environment"
 

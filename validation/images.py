@@ -93,12 +93,20 @@ def load(path: Path, size_hw: tuple[int, int] | list[int], colour: str = "RGB") 
         return prepare(image, size_hw, colour)
 
 
-def default_pairs(size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> np.ndarray:
-    """The embedded validation pairs, interleaved: (2P, C, H, W)."""
+def default_images(size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> list[np.ndarray]:
+    """The embedded validation pair as a caller holds it: uint8 (H, W, 3) RGB or (H, W) grey, resized to
+    ``size_hw`` (bilinear), in the family's colour. The bundle's sample (``sample.npz``) stores these."""
+    from PIL import Image
     from skimage.data import stereo_motorcycle
 
     left, right, _ = stereo_motorcycle()
-    return np.stack([prepare(left, size_hw, colour), prepare(right, size_hw, colour)])
+    h, w = size_hw
+    return [np.asarray(Image.fromarray(image).convert(colour).resize((int(w), int(h)), Image.BILINEAR)) for image in (left, right)]
+
+
+def default_pairs(size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> np.ndarray:
+    """The embedded validation pairs, interleaved: (2P, C, H, W), exactly ``default_images`` / 255."""
+    return np.stack([prepare(image, size_hw, colour) for image in default_images(size_hw, colour)])
 
 
 def shared_pairs(data_dir: Path) -> Iterator[tuple[str, Path, Path]]:

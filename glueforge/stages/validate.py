@@ -2,7 +2,9 @@
 
 The comparison and the task metrics are ``validation/validate.py``; the runner is the target
 runtime module's (what it actually runs is its ``measured_with``, recorded in the report). A
-failure raises :class:`ValidationFailed` naming every failed check and stops the bundle.
+failure raises :class:`ValidationFailed` naming every failed check and stops the bundle. A pass
+also records the bundle's sample (``sample.npz``): the validation pair and what the runtime API
+returns on it, which ``glueforge infer --self-test`` compares with on the machine that runs it.
 Code identity: this module, ``validation`` and the target's runtime module.
 """
 
@@ -12,10 +14,17 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from glueforge import registry
+from glueforge.api import Bundle, run_spec
 from glueforge.cache import Result
+from glueforge.runtime import PolygraphyGraph
 from glueforge.stages import Job, Services, Stage, tool_versions
+from validation.images import default_images
 from validation.validate import ValidationFailed, validate
+
+SAMPLE = "sample.npz"
 
 
 class Validate(Stage):
@@ -29,8 +38,8 @@ class Validate(Stage):
         return [__name__, job.runtime.__name__, *dense]  # a dense extractor's decode is the family's
 
     def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        return {"target": job.target_spec.model_dump(mode="json", exclude={"description"}),
-                "tools": {**tool_versions("polygraphy", "scipy", "numpy"), **job.runtime.versions()}}
+        return {"target": job.target_spec.validation_settings(),
+                "tools": {**tool_versions("polygraphy", "numpy"), **job.runtime.versions()}}
 
     def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
         engine = inputs["engine"].path
@@ -46,4 +55,35 @@ class Validate(Stage):
                       if not r["passed"]}
             raise ValidationFailed(f"{job.model} on {job.target}: validation failed: {json.dumps(failed, default=str)}")
         (out / "validation.json").write_text(json.dumps(report, indent=1))
+        np.savez_compressed(out / SAMPLE, **record_sample(self.sample_bundle(services, job, inputs), job))
         return {"passed": True}
+
+    @staticmethod
+    def sample_bundle(services: Services, job: Job, inputs: Mapping[str, Result]) -> Bundle:
+        """The engine as the runtime API runs it, through the runner validation used (``measured_with``)."""
+        engine = inputs["engine"]
+        io = json.loads(inputs["export"].file("io.json").read_text())
+        spec = {"model": job.model, "version": services.version(job.model), "target": job.target,
+                **run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher)}
+        return Bundle(engine.path, spec, runners=lambda g: PolygraphyGraph(job.runtime.runner(engine.path, g, f"sample:{g}")))
+
+
+def record_sample(bundle: Bundle, job: Job) -> dict[str, np.ndarray]:
+    """``sample.npz``: the validation pair as a caller passes it (uint8, the family's colour, the export's image
+    size) and what the runtime API returned on it: per image ``keypoints<i>``, ``scores<i>``, ``descriptors<i>``
+    where returned; with a matcher, ``matches`` and ``mscores`` of ``match_pair``."""
+    images = default_images(job.settings.image_size, job.settings.extractor.colour)
+    sample: dict[str, np.ndarray] = {"image0": images[0], "image1": images[1]}
+    with bundle:
+        if bundle.has_matcher:
+            pair = bundle.match_pair(images[0], images[1])
+            features = [pair.features0, pair.features1]
+            sample["matches"], sample["mscores"] = pair.matches, pair.scores
+        else:
+            features = bundle.extract(images)
+    for i, f in enumerate(features):
+        sample[f"keypoints{i}"] = f.keypoints
+        for name in ("scores", "descriptors"):
+            if getattr(f, name) is not None:
+                sample[f"{name}{i}"] = getattr(f, name)
+    return sample

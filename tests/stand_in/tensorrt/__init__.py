@@ -5,7 +5,13 @@ OnnxParser, ILogger) and through Polygraphy's loaders (``SetLayerPrecisions``,
 ``CreateConfig``, ``Profile``, ``EngineBytesFromNetwork``): IBuilderConfig flags and memory
 pools, optimization profiles, timing caches, layer precisions. The parser reads
 the ONNX file with ``onnx`` so that layers carry the graph's node names; the "engine" is a
-JSON record of what the builder was configured to do. It builds nothing and runs nothing.
+JSON record of what the builder was configured to do, and of the ONNX file it parsed.
+
+It also mirrors the runtime API that ``runtimes.tensorrt.EngineGraph`` calls (Runtime,
+ICudaEngine, IExecutionContext): the stand-in engine runs its ONNX with onnxruntime on the host,
+reading its inputs from and writing its outputs to the "device" pointers it is given (the
+stand-in ``cuda.bindings.runtime`` allocates host memory), checking shapes against the engine's
+profile. Each runtime call is appended to ``$STANDIN_TRT_LOG`` (JSON lines) for tests to inspect.
 """
 
 from __future__ import annotations
@@ -125,6 +131,7 @@ class OnnxParser:
         if bad:
             self.errors = [f"stand-in parser: no importer for {n.domain}.{n.op_type} (node {n.name})" for n in bad]
             return False
+        self.network.source = os.path.abspath(path)
         self.network.layers = [_Layer(n.name, n.op_type) for n in model.graph.node]
         self.network.inputs = [_Tensor(i.name, [d.dim_value or -1 for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
         return True
@@ -235,5 +242,165 @@ class Builder:
             "fp32_layers": [layer.name for layer in network.layers if layer.precision == float32],
             "layers": len(network.layers),
             "timing_cache": config.timing_cache is not None,
+            "onnx": getattr(network, "source", None),
+            "activation_memory": 5678,
         }
         return _HostMemory(json.dumps(record).encode())
+
+
+# -- the runtime API: an "engine" that runs its ONNX with onnxruntime on stand-in device memory --------
+class TensorIOMode(enum.Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+    INT8 = 2
+    INT32 = 3
+    BOOL = 4
+    INT64 = 8
+
+
+_NUMPY = {DataType.FLOAT: "float32", DataType.HALF: "float16", DataType.INT8: "int8", DataType.INT32: "int32",
+          DataType.BOOL: "bool", DataType.INT64: "int64"}
+_ONNX = {1: DataType.FLOAT, 10: DataType.HALF, 3: DataType.INT8, 6: DataType.INT32, 9: DataType.BOOL, 7: DataType.INT64}
+
+
+def nptype(dtype: DataType):
+    import numpy as np
+
+    return np.dtype(_NUMPY[dtype]).type
+
+
+def _record(call: str, **args) -> None:
+    """Append one runtime call to $STANDIN_TRT_LOG (JSON lines), for tests to check bindings and shapes."""
+    path = os.environ.get("STANDIN_TRT_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"call": call, **args}) + "\n")
+
+
+class _Engine:
+    def __init__(self, record: dict) -> None:
+        self.record = record
+        model = onnx.load(record["onnx"], load_external_data=False)
+        self.tensors = {}
+        for mode, values in ((TensorIOMode.INPUT, model.graph.input), (TensorIOMode.OUTPUT, model.graph.output)):
+            for v in values:
+                t = v.type.tensor_type
+                self.tensors[v.name] = (mode, _ONNX[t.elem_type], tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim))
+        self.names = list(self.tensors)
+        self.profile = record["profiles"][0] if record.get("profiles") else {}
+        self.device_memory_size_v2 = int(record.get("activation_memory", 5678))
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.names)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.names[i]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return self.tensors[name][0]
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self.tensors[name][1]
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return self.tensors[name][2]
+
+    def get_tensor_profile_shape(self, name: str, profile: int):
+        return self.profile[name]
+
+    def create_execution_context(self) -> "_Context":
+        return _Context(self)
+
+
+class _Context:
+    def __init__(self, engine: _Engine) -> None:
+        import onnxruntime as ort
+
+        self.engine = engine
+        self.session = ort.InferenceSession(engine.record["onnx"], providers=["CPUExecutionProvider"])
+        self.shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self.outputs: dict | None = None
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        shape = tuple(int(d) for d in shape)
+        _record("set_input_shape", name=name, shape=list(shape))
+        declared = self.engine.tensors[name][2]
+        if len(shape) != len(declared) or any(d != s for d, s in zip(declared, shape) if d >= 0):
+            return False
+        if name in self.engine.profile:
+            lo, _, hi = self.engine.profile[name]
+            if any(not (a <= s <= b) for a, s, b in zip(lo, shape, hi)):
+                return False
+        self.shapes[name] = shape
+        self.outputs = None
+        return True
+
+    def set_tensor_address(self, name: str, pointer: int) -> bool:
+        _record("set_tensor_address", name=name, dtype=_NUMPY[self.engine.tensors[name][1]])
+        self.addresses[name] = int(pointer)
+        return True
+
+    def _inputs(self) -> dict:
+        import ctypes
+
+        import numpy as np
+
+        feed = {}
+        for name, (mode, dtype, _) in self.engine.tensors.items():
+            if mode == TensorIOMode.INPUT:
+                shape = self.shapes[name]
+                count = int(np.prod(shape)) * np.dtype(_NUMPY[dtype]).itemsize
+                feed[name] = np.frombuffer(ctypes.string_at(self.addresses[name], count), dtype=_NUMPY[dtype]).reshape(shape)
+        return feed
+
+    def _run(self) -> dict:
+        if self.outputs is None:
+            names = [o.name for o in self.session.get_outputs()]
+            self.outputs = dict(zip(names, self.session.run(None, self._inputs())))
+        return self.outputs
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        if self.engine.tensors[name][0] == TensorIOMode.INPUT:
+            return self.shapes[name]
+        return tuple(self._run()[name].shape)  # static once the inputs are set (and in memory, here)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        import ctypes
+
+        import numpy as np
+
+        self.outputs = None
+        outputs = self._run()
+        _record("execute_async_v3", inputs={n: list(s) for n, s in self.shapes.items()})
+        for name, value in outputs.items():
+            value = np.ascontiguousarray(value)
+            ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
+        return True
+
+
+class Runtime:
+    def __init__(self, logger: ILogger) -> None:
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, data: bytes):
+        try:
+            record = json.loads(bytes(data))
+        except ValueError:
+            self.logger.log(ILogger.Severity.ERROR, "stand-in runtime: not a stand-in engine")
+            return None
+        _record("deserialize_cuda_engine", onnx=os.path.basename(record.get("onnx", "")))
+        return _Engine(record)
+
+
+def stand_in_engine(onnx_path: str, profiles: dict, activation_memory: int = 5678) -> bytes:
+    """A stand-in engine plan that runs ``onnx_path`` (for tests that make engines without building them)."""
+    return json.dumps({"stand_in_engine": True, "onnx": str(onnx_path), "profiles": [profiles],
+                       "activation_memory": activation_memory}).encode()

@@ -1,0 +1,438 @@
+"""The runtime API: run a bundle on numpy images of any size, without torch.
+
+    import glueforge
+
+    with glueforge.open("bundles/aliked_lightglue/0.2.0/cpu") as bundle:
+        features = bundle.extract([image0, image1])        # list[Features], in the caller's pixels
+        found = bundle.match(features[0], features[1])     # Matches: (S, 2) indices, (S,) scores
+        pair = bundle.match_pair(image0, image1)           # Pair: both images' features and matches
+
+Images are numpy arrays, ``(H, W)`` grey or ``(H, W, 3)`` RGB (``(H, W, 4)``: the alpha is
+dropped), ``uint8`` in [0, 255] or floating point in [0, 1], of any size. The API applies the
+manifest's preprocessing (``preprocess``): the family's colour, a bilinear resize only where
+the engine's shape profile cannot take the image, zero padding of the right and bottom edges
+to the family's size divisor, ``pixel / 255``. Keypoints come back in the caller's pixels,
+padded slots and keypoints in the padding dropped; matches index those keypoints.
+
+Needs numpy, Pillow and the bundle's runtime package (onnxruntime, openvino, TensorRT with
+cuda-python, TensorRT-RTX with cuda-python): never torch. The runtime is reached through its
+module's ``open_graph`` (``glueforge.runtime``), host code (SIFT, SuperPoint's dense decoding)
+through its family module's ``extract`` and ``decode``; this module names neither.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from glueforge import GlueforgeError, registry
+from glueforge.runtime import GraphRunner
+
+MANIFEST = "manifest.json"
+
+
+class BundleError(GlueforgeError):
+    """A bundle that cannot be opened, or a call it cannot serve (a graph it lacks, a bad image)."""
+
+
+# -- results -------------------------------------------------------------------------------------
+@dataclass
+class Features:
+    """One image's local features, in the caller's pixel coordinates.
+
+    ``keypoints`` (n, 2) float32 (x, y); ``scores`` (n,) and ``descriptors`` (n, D) float32, or
+    None where the graph does not return them (``end2end`` returns keypoints only);
+    ``image_size`` the caller's (width, height); ``extra`` the family's per-keypoint features
+    (n,) each, such as SIFT's ``scales`` and ``oris``.
+    """
+
+    keypoints: np.ndarray
+    scores: np.ndarray | None
+    descriptors: np.ndarray | None
+    image_size: tuple[int, int]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+@dataclass
+class Matches:
+    """``matches`` (S, 2) int64: index in features0, index in features1; ``scores`` (S,) float32."""
+
+    matches: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.matches)
+
+
+@dataclass
+class Pair:
+    """Both images' features and their matches (indices into ``features0`` and ``features1``)."""
+
+    features0: Features
+    features1: Features
+    matches: np.ndarray
+    scores: np.ndarray
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """The matched keypoints, (S, 2) each, in the caller's pixels."""
+        return self.features0.keypoints[self.matches[:, 0]], self.features1.keypoints[self.matches[:, 1]]
+
+
+# -- the graphs' match outputs -----------------------------------------------------------------------
+def pair_matches(outputs: Mapping[str, np.ndarray], pair: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matches (S, 2) int64 and scores (S,) of one pair, from either form the graphs return.
+
+    ``matches`` (M, 3) rows (pair, index in image 0, index in image 1) with ``mscores`` (M,); or
+    the dense ``matches0`` (B, K): the index in image 1 of each keypoint of image 0, -1 for none,
+    with ``mscores0`` (B, K).
+    """
+    if "matches0" in outputs:
+        row = np.asarray(outputs["matches0"])[pair]
+        index0 = np.nonzero(row > -1)[0]
+        scores = np.asarray(outputs["mscores0"])[pair][index0] if "mscores0" in outputs else np.ones(len(index0), np.float32)
+        return np.stack([index0, row[index0]], axis=1).astype(np.int64), scores.astype(np.float32)
+    matches = np.asarray(outputs["matches"])
+    chosen = matches[:, 0] == pair
+    scores = np.asarray(outputs["mscores"])[chosen] if "mscores" in outputs else np.ones(int(chosen.sum()), np.float32)
+    return matches[chosen][:, 1:].astype(np.int64), scores.astype(np.float32)
+
+
+# -- images --------------------------------------------------------------------------------------------
+def as_image(image: Any, where: str = "image") -> np.ndarray:
+    """Check one caller image: (H, W) or (H, W, 1/3/4), uint8 or float in [0, 1]. Returns it as an array."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise BundleError(f"{where}: expected (H, W) grey or (H, W, 3) RGB, got shape {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise BundleError(f"{where}: empty image, shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array[..., :3] if array.ndim == 3 else array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BundleError(f"{where}: expected uint8 in [0, 255] or float in [0, 1], got dtype {array.dtype}")
+    if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+        raise BundleError(f"{where}: float images must be finite and in [0, 1], got [{np.nanmin(array)}, {np.nanmax(array)}]")
+    array = array.astype(np.float32, copy=False)
+    return array[..., :3] if array.ndim == 3 else array
+
+
+def to_colour(image: np.ndarray, colour: str) -> np.ndarray:
+    """An image from :func:`as_image` in the family's colour: "RGB" (H, W, 3) or "L" (H, W).
+
+    uint8 RGB becomes grey as Pillow's ``convert("L")`` does (ITU-R 601-2 luma), which is what
+    validation did; float RGB with the same weights.
+    """
+    grey = image.ndim == 2
+    if colour == "RGB":
+        return np.repeat(image[..., None], 3, axis=2) if grey else image
+    if grey:
+        return image
+    if image.dtype == np.uint8:
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).convert("L"))
+    return (image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.float32)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize with Pillow (validation's filter): uint8 as is, float per channel."""
+    from PIL import Image
+
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
+    out = [np.asarray(Image.fromarray(c, mode="F").resize((width, height), Image.BILINEAR)) for c in channels]
+    return out[0] if image.ndim == 2 else np.stack(out, axis=2)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How one caller image becomes a graph input: ``content`` (h, w) after a resize (if any),
+    zero-padded to ``graph`` (H, W)."""
+
+    size: tuple[int, int]  # the caller's (h, w)
+    content: tuple[int, int]
+    graph: tuple[int, int]
+
+    @property
+    def resized(self) -> bool:
+        return self.content != self.size
+
+    def inside(self, keypoints: np.ndarray) -> np.ndarray:
+        """Real keypoints on the image's content: not padded slots, not in the zero padding."""
+        x, y = keypoints[:, 0], keypoints[:, 1]
+        return (x >= 0) & (y >= 0) & (x < self.content[1]) & (y < self.content[0])
+
+    def to_caller(self, keypoints: np.ndarray) -> np.ndarray:
+        """Graph pixels -> the caller's pixels (pixel-centre convention where resized)."""
+        if not self.resized:
+            return keypoints.astype(np.float32, copy=True)
+        scale = np.array([self.size[1] / self.content[1], self.size[0] / self.content[0]], dtype=np.float32)
+        return ((keypoints + 0.5) * scale - 0.5).astype(np.float32)
+
+
+def fit(size: tuple[int, int], divisor: int, smallest: Sequence[int] | None = None,
+        largest: Sequence[int] | None = None) -> Fit:
+    """The graph size of a (h, w) image: padded up to multiples of ``divisor`` and at least
+    ``smallest``; resized down first, keeping its aspect ratio, only where it exceeds ``largest``
+    (an engine's shape profile). ``smallest``/``largest`` are [H, W] or None (no limit)."""
+    h, w = int(size[0]), int(size[1])
+    up = lambda n: -(-int(n) // divisor) * divisor  # noqa: E731
+    ch, cw = h, w
+    if largest is not None:
+        top = [int(largest[0]) // divisor * divisor, int(largest[1]) // divisor * divisor]
+        if up(h) > top[0] or up(w) > top[1]:
+            scale = min(top[0] / h, top[1] / w)
+            ch, cw = max(1, min(top[0], int(round(h * scale)))), max(1, min(top[1], int(round(w * scale))))
+    gh, gw = up(ch), up(cw)
+    if smallest is not None:
+        gh, gw = max(gh, up(smallest[0])), max(gw, up(smallest[1]))
+    return Fit((h, w), (ch, cw), (gh, gw))
+
+
+def preprocess(image: np.ndarray, colour: str, placement: Fit) -> np.ndarray:
+    """One checked image -> float32 (C, H, W) in [0, 1], as the manifest's preprocessing says."""
+    image = to_colour(image, colour)
+    if placement.resized:
+        image = _resize(image, *placement.content)
+    values = image.astype(np.float32) / np.float32(255.0) if image.dtype == np.uint8 else image.astype(np.float32)
+    chw = values[None] if values.ndim == 2 else values.transpose(2, 0, 1)
+    out = np.zeros((chw.shape[0], *placement.graph), dtype=np.float32)
+    out[:, :chw.shape[1], :chw.shape[2]] = chw
+    return out
+
+
+# -- the bundle ----------------------------------------------------------------------------------------
+def run_spec(io: Mapping[str, Any], runtime: Mapping[str, Any], extractor: Any, matcher: Any) -> dict[str, Any]:
+    """The manifest fields this API runs a bundle from (``glueforge.stages.bundle`` writes them):
+    graphs and their I/O, preprocessing, image sizes, K, the runtime block, and the extractor's and
+    matcher's family configuration (host code such as SIFT and SuperPoint's decoding needs it)."""
+    def family(spec: Any, role: str) -> dict[str, Any] | None:
+        if spec is None:
+            return None
+        facts = ({"colour": spec.colour, "channels": spec.channels, "divisor": spec.divisor, "host": spec.host,
+                  "dense": spec.dense, "descriptor_dim": spec.descriptor_dim, "keypoint_features": list(spec.keypoint_features)}
+                 if role == "extractor" else {"keypoint_inputs": list(spec.keypoint_inputs)})
+        return {"family": spec.family, **facts, "config": spec.model_dump(mode="json")}
+
+    return {
+        "runtime": dict(runtime),
+        "graphs": {name: {"file": runtime["files"][name], **spec} for name, spec in io["graphs"].items()},
+        "preprocessing": io["preprocessing"],
+        "image_sizes": io["image_sizes"],
+        "keypoints": io["keypoints"],
+        "extractor": family(extractor, "extractor"),
+        "matcher": family(matcher, "matcher"),
+    }
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as the API takes it: (H, W) uint8 for grey files, (H, W, 3) uint8 RGB otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L") if image.mode in ("L", "I;16", "I", "F") else image.convert("RGB"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise BundleError(f"{path}: not an image Pillow can read ({e})") from None
+
+
+def open(path: str | Path) -> "Bundle":  # noqa: A001 - glueforge.open(bundle_dir), as DESIGN.md names it
+    """Open the bundle in directory ``path`` (its ``manifest.json``) with its own runtime."""
+    directory = Path(path)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{directory}: no {MANIFEST}: not a bundle (a bundle without a manifest does not exist)") from None
+    except ValueError as e:
+        raise BundleError(f"{directory / MANIFEST}: not valid JSON ({e})") from None
+    missing = [k for k in ("runtime", "graphs", "extractor", "keypoints") if k not in manifest]
+    if missing:
+        raise BundleError(f"{directory / MANIFEST}: lacks {', '.join(missing)}; it was written by an older glueforge "
+                          "that the runtime API cannot run: rebuild the bundle")
+    return Bundle(directory, manifest)
+
+
+class Bundle:
+    """A bundle ready to run; see the module docstring. Graph engines are loaded on first use."""
+
+    def __init__(self, directory: Path, manifest: Mapping[str, Any],
+                 runners: Callable[[str], GraphRunner] | None = None) -> None:
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.keypoints = int(manifest["keypoints"])
+        self.graphs = list(manifest["graphs"])
+        self._runtime = registry.runtime(manifest["runtime"]["runtime"])
+        self._runners = runners or (lambda graph: self._runtime.open_graph(self.directory, graph, self.manifest))
+        self._open: dict[str, GraphRunner] = {}
+        x, m = manifest["extractor"], manifest.get("matcher")
+        self._extractor = x
+        self._extractor_family = registry.family(x["family"])
+        self._extractor_spec = self._extractor_family.Spec.model_validate(x["config"], strict=False)
+        self.colour: str = x["colour"]
+        self.divisor = int(x["divisor"])
+        self._keypoint_inputs = list(m["keypoint_inputs"]) if m else []
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"<glueforge bundle {m.get('model')} {m.get('version')} for {m.get('target')} at {self.directory}>"
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for runner in self._open.values():
+            runner.close()
+        self._open.clear()
+
+    @property
+    def has_matcher(self) -> bool:
+        return self.manifest.get("matcher") is not None
+
+    def runner(self, graph: str) -> GraphRunner:
+        """The engine of one graph, loaded on first use."""
+        if graph not in self.graphs:
+            raise BundleError(f"{self}: has no {graph!r} graph; its graphs: {', '.join(self.graphs)}")
+        if graph not in self._open:
+            self._open[graph] = self._runners(graph)
+        return self._open[graph]
+
+    def run(self, graph: str, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner(graph).infer(feed)
+
+    def device_memory(self) -> int | None:
+        """Bytes the loaded engines hold on the device (None: they run on the host)."""
+        held = [r.device_memory() for r in self._open.values()]
+        return sum(h for h in held if h is not None) if any(h is not None for h in held) else None
+
+    # -- sizes ---------------------------------------------------------------------------------------
+    def _profile(self, graph: str, tensor: str) -> tuple[list[int], list[int]] | None:
+        """min and max shape of an input in the engine's shape profile (TensorRT), else None."""
+        engines = self.manifest["runtime"].get("engines") or {}
+        shapes = (engines.get(graph) or {}).get("profile_shapes") or {}
+        return (shapes[tensor][0], shapes[tensor][2]) if tensor in shapes else None
+
+    def fit(self, size: tuple[int, int], graph: str = "extractor") -> Fit:
+        """Where a caller's (h, w) image goes in ``graph``'s ``images`` input."""
+        profile = self._profile(graph, "images")
+        return fit(size, self.divisor, profile[0][2:] if profile else None, profile[1][2:] if profile else None)
+
+    def max_batch(self, graph: str) -> int | None:
+        """The most images (``end2end``: 2 x pairs) one call of ``graph`` takes, where its engine's profile limits it."""
+        profile = self._profile(graph, "images" if graph != "matcher" else "keypoints")
+        return int(profile[1][0]) if profile else None
+
+    def runtime_versions(self) -> dict[str, Any]:
+        """The installed versions of this bundle's runtime, and what it was built with."""
+        return {"installed": self._runtime.versions(), "built_with": {k: v for k, v in self.manifest["runtime"].items()
+                                                                       if k not in ("engines", "files", "outputs", "properties")}}
+
+    # -- extract ----------------------------------------------------------------------------------------
+    def extract(self, images: Sequence[Any] | np.ndarray) -> list[Features]:
+        """Local features of each image (a list of images, or one image)."""
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and not (images.ndim == 3 and images.shape[2] > 4):
+            images = [images]
+        checked = [as_image(image, f"image {i}") for i, image in enumerate(images)]
+        if self._extractor["host"]:
+            return [self._host_features(image) for image in checked]
+        fits = [self.fit(image.shape[:2]) for image in checked]
+        out: list[Features | None] = [None] * len(checked)
+        chunk = self.max_batch("extractor") or len(checked) or 1
+        for size in dict.fromkeys(f.graph for f in fits):
+            same = [i for i, f in enumerate(fits) if f.graph == size]
+            for start in range(0, len(same), chunk):
+                part = same[start:start + chunk]
+                batch = np.stack([preprocess(checked[i], self.colour, fits[i]) for i in part])
+                outputs = self.run("extractor", {"images": batch})
+                if self._extractor["dense"]:
+                    outputs = self._extractor_family.decode(self._extractor_spec, outputs, self.keypoints)
+                for j, i in enumerate(part):
+                    out[i] = self._select(outputs, j, fits[i])[0]
+        return out  # type: ignore[return-value]
+
+    def _host_features(self, image: np.ndarray) -> Features:
+        """A host extractor (SIFT) on the caller's image at its own size."""
+        grey = to_colour(image, "L")
+        values = grey.astype(np.float32) / np.float32(255.0) if grey.dtype == np.uint8 else grey
+        outputs = self._extractor_family.extract(self._extractor_spec, values[None, None], self.keypoints)
+        return self._select(outputs, 0, Fit(grey.shape, grey.shape, grey.shape))[0]
+
+    def _select(self, outputs: Mapping[str, np.ndarray], j: int, placement: Fit) -> tuple[Features, np.ndarray]:
+        """Image ``j``'s real keypoints from padded graph outputs, and the slots they came from."""
+        keypoints = np.asarray(outputs["keypoints"][j])
+        slots = np.nonzero(placement.inside(keypoints))[0]
+        take = lambda name: np.asarray(outputs[name][j])[slots] if name in outputs else None  # noqa: E731
+        extra = {name: take(name) for name in self._extractor.get("keypoint_features", []) if name in outputs}
+        features = Features(placement.to_caller(keypoints[slots]), take("scores"), take("descriptors"),
+                            (placement.size[1], placement.size[0]), extra)
+        return features, slots
+
+    # -- match --------------------------------------------------------------------------------------
+    def matcher_feed(self, features0: Features, features1: Features) -> dict[str, np.ndarray]:
+        """The matcher graph's inputs for one pair: each image's features padded to K (keypoint -1,
+        zero descriptor, 0 for every keypoint feature) and its (width, height)."""
+        if not self.has_matcher:
+            raise BundleError(f"{self}: an extractor-only model has no matcher")
+        k = self.keypoints
+        dim = int(self._extractor["descriptor_dim"])
+        feed = {"keypoints": np.full((2, k, 2), -1.0, np.float32), "descriptors": np.zeros((2, k, dim), np.float32),
+                "image_sizes": np.zeros((2, 2), np.float32),
+                **{name: np.zeros((2, k), np.float32) for name in self._keypoint_inputs}}
+        for i, f in enumerate((features0, features1)):
+            if f.descriptors is None:
+                raise BundleError(f"features{i} has no descriptors (from match_pair's end2end graph?): use extract()")
+            n = len(f)
+            if n > k:
+                raise BundleError(f"features{i} has {n} keypoints; this bundle's matcher takes at most K={k}")
+            feed["keypoints"][i, :n] = f.keypoints
+            feed["descriptors"][i, :n] = f.descriptors
+            feed["image_sizes"][i] = f.image_size
+            for name in self._keypoint_inputs:
+                if name not in f.extra:
+                    raise BundleError(f"features{i} lacks {name!r}, which this matcher takes")
+                feed[name][i, :n] = f.extra[name]
+        return feed
+
+    def match(self, features0: Features, features1: Features) -> Matches:
+        """Match two images' features (from :meth:`extract`) with the matcher graph."""
+        matches, scores = pair_matches(self.run("matcher", self.matcher_feed(features0, features1)), 0)
+        padded = (matches[:, 0] >= len(features0)) | (matches[:, 1] >= len(features1))
+        if padded.any():
+            raise BundleError(f"{self}: the matcher matched {int(padded.sum())} padded keypoint slots; the engine is "
+                              "broken (padded slots must never match)")
+        return Matches(matches, scores)
+
+    def match_pair(self, image0: Any, image1: Any) -> Pair:
+        """Features of both images and their matches: the ``end2end`` graph where the bundle has one
+        and both images take the same graph size, else ``extract`` then ``match``."""
+        if not self.has_matcher:
+            raise BundleError(f"{self}: an extractor-only model has no matcher")
+        a, b = as_image(image0, "image0"), as_image(image1, "image1")
+        if "end2end" in self.graphs:
+            fits = [self.fit(a.shape[:2], "end2end"), self.fit(b.shape[:2], "end2end")]
+            if fits[0].graph == fits[1].graph:
+                batch = np.stack([preprocess(a, self.colour, fits[0]), preprocess(b, self.colour, fits[1])])
+                outputs = self.run("end2end", {"images": batch})
+                (f0, slots0), (f1, slots1) = self._select(outputs, 0, fits[0]), self._select(outputs, 1, fits[1])
+                index0, index1 = np.full(self.keypoints, -1), np.full(self.keypoints, -1)
+                index0[slots0], index1[slots1] = np.arange(len(slots0)), np.arange(len(slots1))
+                matches, scores = pair_matches(outputs, 0)
+                i0, i1 = index0[matches[:, 0]], index1[matches[:, 1]]
+                keep = (i0 >= 0) & (i1 >= 0)  # a keypoint in the zero padding is dropped with its matches
+                return Pair(f0, f1, np.stack([i0[keep], i1[keep]], axis=1).astype(np.int64), scores[keep])
+        f0, f1 = self.extract([a, b])
+        found = self.match(f0, f1)
+        return Pair(f0, f1, found.matches, found.scores)

@@ -1,0 +1,1 @@
+"""Stand-in for NVIDIA's ``cuda-python`` (``cuda.bindings.runtime``), for tests without a GPU."""
