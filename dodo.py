@@ -62,8 +62,13 @@ def task_validate():
     yield from PLAN.stage_tasks("validate")
 
 
+def task_benchmark():
+    """time the engine where its runtime runs here; else record the command the device runs"""
+    yield from PLAN.stage_tasks("benchmark")
+
+
 def task_bundle():
-    """bundle engine, I/O spec and validation into the store with manifest.json"""
+    """bundle engine, I/O spec, validation, sample, benchmarks and report.html into the store, manifest last"""
     yield from PLAN.stage_tasks("bundle")
 
 

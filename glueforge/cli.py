@@ -1,6 +1,12 @@
-"""The ``glueforge`` command: pull (needs no torch) and parity (a build machine).
+"""The ``glueforge`` command: pull, run, time and report bundles (no torch); parity (a build machine).
 
     glueforge pull MODEL --target T --dest DIR [--version SPEC | --channel NAME] [--check-compatibility]
+    glueforge infer BUNDLE IMAGE0 [IMAGE1] [--out matches.png]    keypoints, matches and time; a picture
+    glueforge infer BUNDLE --self-test                            the bundle's sample against what it recorded
+    glueforge bench BUNDLE [BUNDLE ...] [--graphs G,G] [--batch 1,2,4] [--warmup N] [--runs N | --seconds S]
+                    [--sequence DIR] [--json] [--out FILE]        latency, throughput, peak memory
+    glueforge report STORE [--out FILE]                           index page of every bundle in a local store
+    glueforge engine BUNDLE --out DIR [--graph G]                 rebuild a bundle's engines from its ONNX
     glueforge parity MODEL [--target T] [--data DIR]
 
 Errors a user can act on print one line without a traceback and exit non-zero.
@@ -44,6 +50,29 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--store", default=None, help="s3://bucket/prefix or a directory (default: $GLUEFORGE_STORE, models.yaml)")
     pull.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: $GLUEFORGE_S3_ENDPOINT)")
     pull.add_argument("--check-compatibility", action="store_true", help="refuse a bundle this machine cannot run")
+    infer = sub.add_parser("infer", help="run a bundle on images: counts, time, and a picture of the matches")
+    infer.add_argument("bundle", type=Path)
+    infer.add_argument("images", type=Path, nargs="*", help="one image (extractor-only models) or a pair")
+    infer.add_argument("--out", type=Path, help="write the picture of the matches (or keypoints) here")
+    infer.add_argument("--self-test", action="store_true", help="run the bundle's sample; compare with what it recorded")
+    bench = sub.add_parser("bench", help="latency, throughput and peak memory of a bundle's graphs")
+    bench.add_argument("bundles", type=Path, nargs="+", metavar="bundle")
+    bench.add_argument("--graphs", help="comma-separated (default: every graph of the bundle)")
+    bench.add_argument("--batch", default="1", help="comma-separated batch sizes: pairs, or images for the extractor")
+    bench.add_argument("--warmup", type=int, default=3)
+    budget = bench.add_mutually_exclusive_group()
+    budget.add_argument("--runs", type=int, help="exactly this many timed runs per row")
+    budget.add_argument("--seconds", type=float, default=10.0, help="per row: until stable, or this long (default 10)")
+    bench.add_argument("--sequence", type=Path, help="a directory of frames: time the tracking loop on them")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.add_argument("--out", type=Path, help="also write the JSON here")
+    report = sub.add_parser("report", help="an index page of every bundle in a local store")
+    report.add_argument("store", type=Path)
+    report.add_argument("--out", type=Path, help="default: STORE/index.html")
+    engine = sub.add_parser("engine", help="rebuild a bundle's engines from the ONNX it ships (TensorRT, TensorRT-RTX)")
+    engine.add_argument("bundle", type=Path)
+    engine.add_argument("--out", type=Path, required=True)
+    engine.add_argument("--graph", action="append", help="only this graph (repeatable)")
     parity = sub.add_parser("parity", help="parity of a built bundle with the upstream reference on photographs")
     parity.add_argument("model")
     parity.add_argument("--target", default="cpu")
@@ -54,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "parity":
             print(_parity(args.model, args.target, args.data))
             return 0
-        return _pull(args)
+        return {"pull": _pull, "infer": _infer, "bench": _bench, "report": _report, "engine": _engine}[args.command](args)
     except GlueforgeError as e:
         print(f"glueforge: {e}", file=sys.stderr)
         return 1
@@ -71,6 +100,96 @@ def _pull(args: argparse.Namespace) -> int:
     path = pull_bundle(open_store(store_url, args.endpoint_url), args.model, args.target, args.dest,
                        version=args.version, channel=args.channel, check=args.check_compatibility)
     print(path)
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import time
+
+    import glueforge
+    from glueforge.api import load_image
+    from glueforge.draw import keypoints_picture, matches_picture, save
+
+    with glueforge.open(args.bundle) as bundle:
+        m = bundle.manifest
+        if args.self_test:
+            from glueforge.selftest import self_test
+
+            result = self_test(bundle)
+            print(result.table())
+            return 0 if result.passed else 1
+        if not 1 <= len(args.images) <= 2:
+            raise GlueforgeError("give IMAGE0 [IMAGE1], or --self-test")
+        images = [load_image(p) for p in args.images]
+        paired = len(images) == 2 and bundle.has_matcher
+        run = (lambda: bundle.match_pair(*images)) if paired else (lambda: bundle.extract(images))
+        t0 = time.perf_counter()
+        run()  # the first call loads the engines
+        t1 = time.perf_counter()
+        result = run()
+        t2 = time.perf_counter()
+        name = f"{m['model']} {m['version']} on {m['target']}"
+        if paired:
+            counts = f"{len(result.features0)} + {len(result.features1)} keypoints, {len(result.matches)} matches"
+            picture = matches_picture(images[0], images[1], result.features0.keypoints, result.features1.keypoints,
+                                      result.matches, result.scores, f"{name}: {len(result.matches)} matches")
+        else:
+            counts = " + ".join(str(len(f)) for f in result) + " keypoints"
+            picture = keypoints_picture(images[0], result[0].keypoints, f"{name}: {len(result[0])} keypoints")
+        print(f"{name}: {counts}; {(t2 - t1) * 1000:.1f} ms (the first call, which loads the engines: "
+              f"{(t1 - t0) * 1000:.1f} ms)")
+    if args.out:
+        save(picture, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    import glueforge
+    from glueforge.bench import Budget, bench, report, sequence, table
+
+    budget = Budget(warmup=args.warmup, runs=args.runs, seconds=args.seconds)
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    graphs = [g.strip() for g in args.graphs.split(",")] if args.graphs else None
+    records = []
+    for path in args.bundles:
+        with glueforge.open(path) as bundle:
+            rows = bench(bundle, graphs, batches, budget)
+            if args.sequence:
+                frames = sorted(p for p in args.sequence.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+                rows += sequence(bundle, frames, budget)
+            records.append(report(bundle, rows, budget, args.sequence))
+            if not args.json:
+                m = bundle.manifest
+                print(f"{m['model']} {m['version']} on {m['target']} ({records[-1]['machine']['processor']}, "
+                      f"{records[-1]['machine']['cores']} logical CPUs)")
+                print(table(rows))
+    text = json.dumps(records[0] if len(records) == 1 else records, indent=1)
+    if args.json:
+        print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from glueforge.report import store_index
+
+    if not args.store.is_dir():
+        raise GlueforgeError(f"{args.store}: no such store directory")
+    out = args.out or args.store / "index.html"
+    out.write_text(store_index(args.store, out))
+    print(out)
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from glueforge.rebuild import rebuild
+
+    for name, path in rebuild(args.bundle, args.out, args.graph).items():
+        print(f"{name}: {path}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The stage graph of one models.yaml: action keys, cached results, and running a stage.
 
-fetch -> export -> simplify -> fuse -> engine -> validate -> bundle
+fetch -> export -> simplify -> fuse -> engine -> validate -> benchmark -> bundle
 
 Each stage is an object (``glueforge/stages/``) that owns what it reads, its build and its
 code identity; this module only wires them: a stage's action key hashes its code (the import
@@ -28,7 +28,9 @@ from glueforge.config import Config, overlay_paths
 from glueforge.fetch import cached_digest, describe, fetch, weight_path
 from glueforge.files import sha256_file, write_atomic
 from glueforge.identity import code_digests
+from glueforge.progress import progress
 from glueforge.stages import Job, Stage
+from glueforge.stages.benchmark import Benchmark
 from glueforge.stages.bundle import Bundle
 from glueforge.stages.engine import Engine
 from glueforge.stages.export import Export
@@ -39,7 +41,7 @@ from glueforge.store import LocalStore
 
 log = logging.getLogger(__name__)
 
-STAGES: dict[str, Stage] = {s.name: s for s in (Export(), Simplify(), Fuse(), Engine(), Validate(), Bundle())}
+STAGES: dict[str, Stage] = {s.name: s for s in (Export(), Simplify(), Fuse(), Engine(), Validate(), Benchmark(), Bundle())}
 
 
 class MissingInput(GlueforgeError):
@@ -206,7 +208,8 @@ class Pipeline:
         self._keys.pop((stage, model, target), None)
         key = self.key(stage, model, target)
         log.info("%s %s for %s: building (key %s)", stage, model, target, key[:12])
-        return self.cache.put(stage, key, lambda out: STAGES[stage].build(self, job, inputs, out))
+        with progress(f"{stage} {model} for {target}"):  # a spinner in a terminal; a closing line with the time in logs
+            return self.cache.put(stage, key, lambda out: STAGES[stage].build(self, job, inputs, out))
 
     def done(self, stage: str, model: str, target: str) -> bool:
         result = self.cached(stage, model, target)

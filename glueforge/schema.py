@@ -114,6 +114,17 @@ class BatchProfile(Strict):
         return self
 
 
+class BenchmarkSettings(Strict):
+    """The benchmark a build records in the manifest, where the target's runtime runs on the build machine
+    (``glueforge bench`` takes the same settings on the command line)."""
+
+    graphs: Optional[list[Literal["end2end", "extractor", "matcher"]]] = None  # None: every graph of the model
+    batch: Annotated[list[Annotated[int, Field(ge=1, le=64)]], Field(min_length=1)] = [1]
+    warmup: Annotated[int, Field(ge=0)] = 1
+    seconds: Annotated[float, Field(gt=0)] = 3.0  # per graph and batch: until stable or this long
+    runs: Optional[Annotated[int, Field(ge=1)]] = None  # exactly this many runs instead
+
+
 class TargetSpec(Strict):
     """A deployment target of one runtime."""
 
@@ -126,6 +137,7 @@ class TargetSpec(Strict):
     keypoints: Optional[Annotated[int, Field(ge=16, le=16384)]] = None
     tolerances: dict[str, Tolerance]
     thresholds: Thresholds
+    benchmark: BenchmarkSettings = BenchmarkSettings()
 
     @model_validator(mode="after")
     def _precision(self) -> "TargetSpec":
@@ -140,4 +152,8 @@ class TargetSpec(Strict):
 
     def engine_settings(self) -> dict[str, Any]:
         """The part of the target that shapes the engine's bytes (its action key)."""
-        return self.model_dump(mode="json", exclude={"tolerances", "thresholds", "description"})
+        return self.model_dump(mode="json", exclude={"tolerances", "thresholds", "description", "benchmark"})
+
+    def validation_settings(self) -> dict[str, Any]:
+        """The part of the target that validation reads (its action key)."""
+        return self.model_dump(mode="json", exclude={"description", "benchmark"})

@@ -88,13 +88,17 @@ def _jobs(stages, models=MODELS, targets=TARGETS) -> set[str]:
     ("exporters/lightglue.py", _jobs(["export"], MATCHED)),  # not the extractor-only models
     ("patches/xfeat_tensor_forward.py", _jobs(["export"], ["xfeat_lighterglue"])),
     # a runtime: the stages of its targets that run it
-    ("runtimes/onnxruntime.py", _jobs(["fuse", "engine", "validate"], targets=["cpu"])),
-    ("runtimes/openvino.py", _jobs(["fuse", "engine", "validate"], targets=["openvino"])),
+    ("runtimes/onnxruntime.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["cpu"])),
+    ("runtimes/openvino.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["openvino"])),
     # the TensorRT-RTX runtime builds on the TensorRT module's helpers
-    ("runtimes/tensorrt.py", _jobs(["fuse", "engine", "validate"], targets=["rtx"])),
+    ("runtimes/tensorrt.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["rtx"])),
     # a stage module: that stage everywhere
     ("glueforge/stages/simplify.py", _jobs(["simplify"])),
     ("validation/metrics.py", _jobs(["validate"])),
+    ("glueforge/bench.py", _jobs(["benchmark"])),
+    ("glueforge/report.py", _jobs(["bundle"])),
+    # the runtime API: what validation records in the sample, the benchmark, and the manifest's run fields
+    ("glueforge/api.py", _jobs(["validate", "benchmark", "bundle"])),
     # modules no stage uses: nothing
     ("glueforge/pull.py", set()),
     ("glueforge/cli.py", set()),

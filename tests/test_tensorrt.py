@@ -112,6 +112,13 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
     assert {e.stem for e in engines} == {"end2end", "extractor", "matcher"}
     assert all(json.loads(e.read_text())["stand_in_engine"] for e in engines)
     assert list((fused / "artifacts/timing-cache").glob("sm87-trt10.3.0-*.cache"))
+    # the bundle ships the graph each engine was built from, and the trtexec line that rebuilds it on the device
+    result = json.loads((engines[0].parent / "result.json").read_text())["meta"]
+    for graph, engine in result["engines"].items():
+        assert (engines[0].parent / f"{graph}.onnx").is_file()
+        assert engine["device_command"].startswith(f"/usr/src/tensorrt/bin/trtexec --onnx={graph}.onnx "
+                                                   f"--saveEngine={graph}.engine --skipInference")
+        assert "--fp16" in engine["device_command"] and "--layerPrecisions=" in engine["device_command"]
 
     calls.unlink()
     proc, executed, _ = _engine(fused, env)  # cached by content: trtexec is not called again

@@ -18,22 +18,11 @@ import pytest
 from glueforge.config import Config
 from glueforge.files import sha256_file
 
-from tests.project import MATCHED, MODELS, SELECT, VERSIONS, assert_parity, clone_project, doit
+from tests.project import MATCHED, MODELS, RTX_TARGETS, SELECT, VERSIONS, assert_parity, clone_project, doit
 
 log = logging.getLogger(__name__)
-TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}
+TARGETS = RTX_TARGETS
 FP16_PARITY = {"descriptor_cosine_mean": 0.995, "match_recall": 0.90}
-
-
-@pytest.fixture(scope="module")
-def rtx_built(tmp_path_factory, download_cache) -> Path:
-    project = clone_project(tmp_path_factory.mktemp("rtx"))
-    for target in TARGETS:
-        proc, executed, _ = doit(project, "build", f"target={target}", SELECT)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-        for model in MODELS:
-            assert f"engine:{target}:{model}" in executed
-    return project
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -95,3 +84,34 @@ def test_lint_refusal_prints_one_message_and_no_traceback(rtx_built, tmp_path):
     assert out.count("problem(s) for TensorRT-RTX's ONNX parser") == 1, out[-3000:]
     assert re.search(r"TopK.*no TopK in this test's parser", out)
     assert sorted(p.name for p in (project / "artifacts/cas/fuse").iterdir()) == fused_before  # nothing cached
+
+
+def test_rtx_manifests_say_why_they_hold_no_figures_and_how_to_measure(rtx_built):
+    for target in TARGETS:
+        for model in MODELS:
+            manifest = json.loads((rtx_built / "artifacts/store" / model / VERSIONS[model] / target / "manifest.json").read_text())
+            bench = manifest["benchmarks"]
+            assert bench["status"] == "not measured", (model, target)
+            assert "TensorRT-RTX engines run on RTX GPUs" in bench["reason"] and "no GPU" in bench["reason"]
+            assert bench["command"].startswith("glueforge bench <bundle directory> --batch 1 ")
+            assert "glueforge engine <bundle directory> --out <directory>" in manifest["reproduce"].values()
+
+
+def test_engine_rebuilds_from_the_bundle_alone(rtx_built, tmp_path):
+    import subprocess
+    import sys
+
+    bundle = rtx_built / "artifacts/store/xfeat_lighterglue" / VERSIONS["xfeat_lighterglue"] / "rtx"
+    proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "engine", str(bundle), "--graph", "extractor",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"extractor: {tmp_path / 'extractor.engine'}"
+    rebuilt = json.loads((tmp_path / "engines.json").read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert rebuilt["compute_capability"] == manifest["runtime"]["compute_capability"]
+    assert rebuilt["engines"]["extractor"]["profile_shapes"] == manifest["runtime"]["engines"]["extractor"]["profile_shapes"]
+    size = (tmp_path / "extractor.engine").stat().st_size
+    assert abs(size - manifest["files"]["extractor.engine"]["size"]) < 0.05 * size
+    refused = subprocess.run([sys.executable, "-m", "glueforge.cli", "engine", str(bundle), "--graph", "nope", "--out",
+                              str(tmp_path / "x")], capture_output=True, text=True)
+    assert refused.returncode == 1 and "has no graph nope; its graphs: end2end, extractor, matcher" in refused.stderr

@@ -1,0 +1,240 @@
+"""Latency, throughput and peak memory of a bundle's graphs, and of a tracking loop.
+
+    glueforge bench BUNDLE [--graphs end2end,extractor] [--batch 1,2,4] [--warmup 3] [--runs N | --seconds S]
+                           [--sequence DIR] [--json] [--out FILE]
+
+Each graph and batch is timed on the bundle's sample images (``sample.npz``: its validation
+pair) through the engine itself (``Bundle.runner``), inputs prepared once, so the figures are the
+engine's. Runs repeat until the median is stable (it moved less than ``tolerance`` over the last
+block of runs, checked once ``min_runs`` have run), or the time budget or run count ends; each
+row says which. ``--sequence DIR`` times what a navigation stack runs through the whole API,
+preprocessing included: extract each new frame once (one image), then match it with the
+previous frame's features; beside it, the pair graph (``match_pair``) on the same frames.
+
+Peak memory is the process's peak resident set during the row (Linux resets it per row through
+``/proc/self/clear_refs``; elsewhere the process's lifetime peak, and the row says so) and, for
+engines on a GPU, the bytes the engine holds on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from glueforge import GlueforgeError, machine
+from glueforge.api import Bundle, Features, load_image, preprocess
+
+log = logging.getLogger(__name__)
+SAMPLE = "sample.npz"
+
+
+class BenchError(GlueforgeError):
+    """A benchmark that cannot run as asked (a graph the bundle lacks, a batch its profile refuses)."""
+
+
+@dataclass
+class Row:
+    """One timed case: ``unit`` is what ``per_second`` counts (pairs or images)."""
+
+    graph: str
+    batch: int
+    unit: str
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    per_second: float
+    peak_rss_mib: float | None
+    device_mib: float | None
+    stopped: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When to stop timing one case."""
+
+    warmup: int = 3
+    runs: int | None = None  # exactly this many timed runs (no stability check)
+    seconds: float = 10.0  # else: until stable, or this long
+    min_runs: int = 10
+    tolerance: float = 0.02  # relative change of the median over the last block that counts as stable
+
+
+# -- memory --------------------------------------------------------------------------------------------
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except (ImportError, OSError):
+        return None
+
+
+# -- timing -----------------------------------------------------------------------------------------
+def time_runs(run: Callable[[], Any], budget: Budget) -> tuple[list[float], str]:
+    """Latencies (ms) of repeated ``run()`` calls after ``budget.warmup`` untimed ones, and why it stopped."""
+    for _ in range(budget.warmup):
+        run()
+    latencies: list[float] = []
+    started = time.perf_counter()
+    previous = None
+    while True:
+        t0 = time.perf_counter()
+        run()
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        if budget.runs is not None:
+            if len(latencies) >= budget.runs:
+                return latencies, f"{budget.runs} runs"
+        elif len(latencies) % budget.min_runs == 0:
+            median = statistics.median(latencies)
+            if previous is not None and abs(median - previous) <= budget.tolerance * previous:
+                return latencies, "stable"
+            previous = median
+        if budget.runs is None and time.perf_counter() - started >= budget.seconds:
+            return latencies, "time budget (not stable)" if len(latencies) >= 2 else "time budget (one run)"
+
+
+def _row(graph: str, batch: int, unit: str, count: int, latencies: list[float], stopped: str,
+         rss: float | None, device: int | None, lifetime: bool) -> Row:
+    q = np.percentile(latencies, [50, 90, 99])
+    return Row(graph, batch, unit, len(latencies), round(float(q[0]), 3), round(float(q[1]), 3), round(float(q[2]), 3),
+               round(count * 1000.0 / float(q[0]), 3), None if rss is None else round(rss, 1),
+               None if device is None else round(device / 2**20, 1),
+               stopped + (" (peak RSS: process lifetime)" if lifetime and rss is not None else ""))
+
+
+def _measure(graph: str, batch: int, unit: str, count: int, run: Callable[[], Any], budget: Budget,
+             device: Callable[[], int | None]) -> Row:
+    lifetime = not _reset_peak_rss()
+    latencies, stopped = time_runs(run, budget)
+    return _row(graph, batch, unit, count, latencies, stopped, _peak_rss_mib(), device(), lifetime)
+
+
+# -- inputs --------------------------------------------------------------------------------------------
+def sample_images(bundle: Bundle) -> list[np.ndarray]:
+    """The bundle's sample images (its validation pair), as the caller would pass them."""
+    path = bundle.directory / SAMPLE
+    if not path.is_file():
+        raise BenchError(f"{bundle}: no {SAMPLE} (an unvalidated bundle has none): give images to time with")
+    with np.load(path) as sample:
+        return [sample[k] for k in ("image0", "image1") if k in sample.files]
+
+
+def feed(bundle: Bundle, graph: str, batch: int, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs of ``graph`` for ``batch`` pairs (``end2end``, ``matcher``) or images (``extractor``)."""
+    pair = [images[0], images[1 if len(images) > 1 else 0]]
+    if graph in ("end2end", "extractor"):
+        fitted = [bundle.fit(im.shape[:2], graph) for im in pair]
+        if fitted[0].graph != fitted[1].graph:
+            fitted[1] = fitted[0]  # the second image takes the first's size, resized (timing only)
+        prepared = [preprocess(im, bundle.colour, f) for im, f in zip(pair, fitted)]
+        count = 2 * batch if graph == "end2end" else batch
+        return {"images": np.stack([prepared[i % 2] for i in range(count)])}
+    if graph == "matcher":
+        features = bundle.extract(pair)
+        one = bundle.matcher_feed(features[0], features[1])
+        return {name: np.concatenate([value] * batch) for name, value in one.items()}
+    raise BenchError(f"unknown graph {graph!r}")
+
+
+def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence[int] = (1,),
+          budget: Budget = Budget(), images: Sequence[np.ndarray] | None = None) -> list[Row]:
+    """One row per graph and batch (pairs for ``end2end`` and ``matcher``, images for ``extractor``)."""
+    images = list(images) if images is not None else sample_images(bundle)
+    chosen = list(graphs) if graphs else bundle.graphs
+    unknown = [g for g in chosen if g not in bundle.graphs]
+    if unknown:
+        raise BenchError(f"{bundle}: has no graph {', '.join(unknown)}; its graphs: {', '.join(bundle.graphs)}")
+    rows = []
+    for graph in chosen:
+        for batch in batches:
+            limit = bundle.max_batch(graph)
+            per_unit = 1 if graph == "extractor" else 2
+            if limit is not None and batch * per_unit > limit:
+                log.warning("bench %s batch %d: the engine's profile takes at most %d; skipped", graph, batch, limit // per_unit)
+                continue
+            inputs = feed(bundle, graph, batch, images)
+            runner = bundle.runner(graph)
+            unit = "images" if graph == "extractor" else "pairs"
+            log.info("bench %s, batch %d %s", graph, batch, unit)
+            rows.append(_measure(graph, batch, unit, batch, lambda: runner.infer(inputs), budget, runner.device_memory))
+    return rows
+
+
+def sequence(bundle: Bundle, frames: Sequence[Path], budget: Budget = Budget()) -> list[Row]:
+    """The tracking loop over ``frames`` (cycled): extract each new frame once, match it with the
+    previous frame; and the pair graph on consecutive frames. Whole API calls, preprocessing included."""
+    if len(frames) < 2:
+        raise BenchError(f"a sequence needs at least 2 frames, got {len(frames)}")
+    if not bundle.has_matcher:
+        raise BenchError(f"{bundle}: an extractor-only model: --sequence times extraction and matching")
+    images = [load_image(p) for p in frames]
+    state: dict[str, Any] = {"i": 0, "previous": bundle.extract(images[0])[0]}
+    phases: dict[str, list[float]] = {"extract": [], "match": []}
+
+    def step() -> None:
+        state["i"] += 1
+        t0 = time.perf_counter()
+        current: Features = bundle.extract(images[state["i"] % len(images)])[0]
+        t1 = time.perf_counter()
+        bundle.match(state["previous"], current)
+        t2 = time.perf_counter()
+        phases["extract"].append((t1 - t0) * 1000.0)
+        phases["match"].append((t2 - t1) * 1000.0)
+        state["previous"] = current
+
+    rows = [_measure("tracking: extract 1 + match 1", 1, "frames", 1, step, budget, bundle.device_memory)]
+    for phase, latencies in phases.items():
+        timed = latencies[-rows[0].runs:]
+        rows.append(_row(f"  of which {phase}", 1, "frames", 1, timed, rows[0].stopped, None, None, False))
+    pair = {"i": 0}
+
+    def pair_step() -> None:
+        pair["i"] += 1
+        bundle.match_pair(images[(pair["i"] - 1) % len(images)], images[pair["i"] % len(images)])
+
+    rows.append(_measure("pair: match_pair", 1, "pairs", 1, pair_step, budget, bundle.device_memory))
+    return rows
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The rows as a fixed-width table."""
+    header = ("graph", "batch", "unit", "runs", "p50 ms", "p90 ms", "p99 ms", "per s", "peak RSS MiB", "device MiB", "stopped")
+    body = [(r.graph, str(r.batch), r.unit, str(r.runs), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+             f"{r.per_second:.2f}", "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}",
+             "-" if r.device_mib is None else f"{r.device_mib:.1f}", r.stopped) for r in rows]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+    fmt = lambda line: "  ".join(c.ljust(w) if i in (0, 2, 10) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])
+
+
+def report(bundle: Bundle, rows: Sequence[Row], budget: Budget, sequence_dir: Path | None = None) -> dict[str, Any]:
+    """The JSON record of a bench run: machine, runtime versions, settings and rows."""
+    m = bundle.manifest
+    return {"model": m.get("model"), "version": m.get("version"), "target": m.get("target"),
+            "status": "measured", "machine": machine.describe(), "runtime": m["runtime"].get("runtime"),
+            "runtime_versions": bundle.runtime_versions(), "settings": asdict(budget),
+            "sequence": str(sequence_dir) if sequence_dir else None, "rows": [r.as_dict() for r in rows]}

@@ -1,0 +1,298 @@
+"""Self-contained HTML reports: one per bundle (``report.html``), and an index of a store.
+
+    glueforge report artifacts/store [--out artifacts/store/index.html]
+
+A bundle's report shows what a user checks before deploying it: model, target, runtime and
+versions, provenance; the validation table against the target's thresholds; for FP16 targets,
+the FP16 engine's agreement with the FP32 model; the latency table and a plot; the matches on the
+validation pair; and the commands that rebuild and benchmark it. Images are inline PNG (data
+URIs), styles inline, no script: the page opens anywhere, offline. The latency plot needs
+matplotlib (the build install has it); without it the table stands alone and the page says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+REPORT = "report.html"
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}.pass{color:#13791b;font-weight:600}
+.fail{color:#b00020;font-weight:600}.muted{color:#777}code,pre{background:#f6f6f6;font-size:.85em}pre{padding:.6em;overflow-x:auto;white-space:pre-wrap}
+img{max-width:100%;border:1px solid #ddd}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _png(picture) -> str:
+    """A PIL image or matplotlib figure as an inline <img>."""
+    buffer = io.BytesIO()
+    if hasattr(picture, "savefig"):
+        picture.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    else:
+        picture.save(buffer, format="PNG")
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
+    """An HTML table; ``header`` None: a key-value table whose first column is its header."""
+    if header is None:
+        body = "".join(f"<tr><th>{row[0]}</th>" + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>" for row in rows)
+        return f"<table>{body}</table>"
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def _verdict(ok: bool) -> str:
+    return '<span class="pass">pass</span>' if ok else '<span class="fail">FAIL</span>'
+
+
+# -- parts -----------------------------------------------------------------------------------------
+def latency_plot(rows: Sequence[Mapping[str, Any]], title: str):
+    """Bars of p50 latency per graph and batch, whiskers to p90 (a matplotlib figure), or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = [f"{r['graph'].strip()}\nbatch {r['batch']}" for r in rows]
+    p50 = [r["p50_ms"] for r in rows]
+    p90 = [r["p90_ms"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows)), 3.2))
+    ax.bar(range(len(rows)), p50, color="#3b75af", yerr=[[0] * len(rows), [b - a for a, b in zip(p50, p90)]], capsize=4)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("latency, ms (p50, whisker p90)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    plt.close(fig)
+    return fig
+
+
+def _validation_section(validation: Mapping[str, Any]) -> str:
+    thresholds = validation.get("thresholds") or {}
+    names = {"keypoint_mnn": ("keypoint_mnn", "keypoints with a mutual nearest neighbour within 1 px (worst image)"),
+             "descriptor_cosine": ("descriptor_cosine_mean", "mean descriptor cosine on those keypoints"),
+             "match_recall": ("match_recall", "share of the reference's matches reproduced (worst pair)")}
+    rows = []
+    for graph, result in (validation.get("graphs") or {}).items():
+        for size, at_size in result.get("sizes", {}).items():
+            metrics = at_size["metrics"]
+            for check, (metric, meaning) in names.items():
+                if metric in metrics:
+                    value, threshold = metrics[metric], thresholds.get(check)
+                    rows.append((_e(graph), _e(size), _e(meaning), f"{value:.4f}", f"&ge; {threshold}",
+                                 _verdict(threshold is None or value >= threshold)))
+            if "matches" in metrics:
+                rows.append((_e(graph), _e(size), "matches (engine / reference)",
+                             f"{int(metrics['matches'])} / {int(metrics.get('reference_matches', 0))}", "", ""))
+    status = validation.get("status")
+    head = (f"<p>Status: <b>{_e(status)}</b>. Measured with {_e(validation.get('measured_with') or 'the engine')} "
+            f"on {_e((validation.get('measured_on') or {}).get('processor', '?'))}; reference: the unpatched upstream "
+            "model with the same weights and keypoint count.</p>")
+    if status == "unvalidated":
+        return head + f"<p class='fail'>{_e(validation.get('reason'))}</p>"
+    return head + _table(("graph", "size", "metric", "value", "threshold", ""), rows, numeric=(3,))
+
+
+def _agreement_section(validation: Mapping[str, Any], precision: str) -> str:
+    """Per-output error statistics against the FP32 patched model (for FP16 targets: FP16 vs FP32)."""
+    rows = []
+    for graph, result in (validation.get("graphs") or {}).items():
+        for size, at_size in result.get("sizes", {}).items():
+            for output, c in (at_size.get("outputs") or {}).items():
+                rows.append((_e(graph), _e(size), _e(output), f"{c['median_absdiff']:.3g}", f"{c['mean_absdiff']:.3g}",
+                             f"{c['max_absdiff']:.3g}", f"{c['stat']} &le; {c['atol']:g}", _verdict(c["passed"])))
+    if not rows:
+        return ""
+    title = "FP16 against FP32" if precision == "fp16" else "Engine against the exported PyTorch model"
+    intro = ("The FP16 engine's outputs against the FP32 patched PyTorch model on the same inputs (keypoint-indexed "
+             "outputs paired by mutual nearest neighbour first)." if precision == "fp16" else
+             "The engine's outputs against the patched PyTorch model it was exported from, on the same inputs.")
+    return (f"<h2>{title}</h2><p>{intro}</p>" + _table(("graph", "size", "output", "median |&Delta;|", "mean |&Delta;|",
+                                                        "max |&Delta;|", "tolerance", ""), rows, numeric=(3, 4, 5)))
+
+
+def _latency_section(benchmarks: Mapping[str, Any] | None, title: str) -> str:
+    if not benchmarks:
+        return "<h2>Latency</h2><p class='muted'>not measured</p>"
+    if benchmarks.get("status") != "measured":
+        return (f"<h2>Latency</h2><p>Not measured: {_e(benchmarks.get('reason'))}</p>"
+                f"<p>On the device: <code>{_e(benchmarks.get('command'))}</code></p>")
+    rows = benchmarks["rows"]
+    machine = benchmarks.get("machine") or {}
+    table = _table(("graph", "batch", "unit", "runs", "p50 ms", "p90 ms", "p99 ms", "per second", "peak RSS MiB",
+                    "device MiB", "stopped"),
+                   [(_e(r["graph"]), r["batch"], _e(r["unit"]), r["runs"], f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}",
+                     f"{r['p99_ms']:.1f}", f"{r['per_second']:.2f}", "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}",
+                     "-" if r["device_mib"] is None else f"{r['device_mib']:.1f}", _e(r["stopped"])) for r in rows],
+                   numeric=(1, 3, 4, 5, 6, 7, 8, 9))
+    plot = latency_plot(rows, title)
+    where = (f"<p>{_e(machine.get('processor'))}, {machine.get('cores')} logical CPUs"
+             + (f", GPU {_e(machine['gpu'])}" if machine.get("gpu") else "") + "; settings "
+             + _e(json.dumps(benchmarks.get("settings"))) + "</p>")
+    return "<h2>Latency</h2>" + where + table + (_png(plot) if plot is not None else
+                                                 "<p class='muted'>(no plot: matplotlib is not installed)</p>")
+
+
+def _picture_section(directory: Path, manifest: Mapping[str, Any]) -> str:
+    """The matches (or keypoints) the bundle's sample recorded on its validation pair."""
+    from glueforge.draw import keypoints_picture, matches_picture
+
+    path = Path(directory) / "sample.npz"
+    if not path.is_file():
+        return ""
+    with np.load(path) as s:
+        sample = {k: s[k] for k in s.files}
+    if "matches" in sample:
+        title = f"{len(sample['matches'])} matches, {len(sample['keypoints0'])} / {len(sample['keypoints1'])} keypoints"
+        picture = matches_picture(sample["image0"], sample["image1"], sample["keypoints0"], sample["keypoints1"],
+                                  sample["matches"], sample["mscores"], title)
+        caption = "Matches on the validation pair, coloured by score (red 0, yellow 0.5, green 1)."
+    else:
+        picture = keypoints_picture(sample["image0"], sample["keypoints0"], f"{len(sample['keypoints0'])} keypoints")
+        caption = "Keypoints on the first validation image."
+    return f"<h2>Validation pair</h2><p>{caption}</p>" + _png(picture)
+
+
+def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapping[str, Any]) -> str:
+    """The HTML of one bundle's report (``manifest`` without its file list is enough)."""
+    m = manifest
+    runtime = m["runtime"]
+    title = f"{m['model']} {m['version']} for {m['target']}"
+    versions = {k: v for k, v in runtime.items() if k not in ("engines", "files", "outputs", "properties")}
+    identity = _table(None, [
+        ("model", _e(f"{m['model']} {m['version']}")), ("target", _e(m["target"])), ("precision", _e(m["precision"])),
+        ("keypoints (K)", m["keypoints"]), ("runtime", _e(json.dumps(versions))),
+        ("graphs", "<br>".join(f"<b>{_e(g)}</b>: " + ", ".join(f"{_e(t['name'])} {_e(t['dtype'])} {_e(t['shape'])}"
+                                                               for t in spec["inputs"]) + " &rarr; "
+                               + ", ".join(f"{_e(t['name'])} {_e(t['shape'])}" for t in spec["outputs"])
+                               for g, spec in m["graphs"].items())),
+        ("preprocessing", "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in m["preprocessing"].items())),
+    ])
+    prov = m.get("provenance") or {}
+    provenance = _table(None, [
+        *((f"weight ({_e(role)})", f"{_e(w['name'])} sha256 <code>{_e(w['sha256'][:16])}&hellip;</code> "
+           f"({_e(w['trust'])}); {_e('; '.join(w['sources']))}") for role, w in (prov.get("weights") or {}).items()),
+        ("tools", _e(", ".join(f"{k} {v}" for k, v in (prov.get("tools") or {}).items()))),
+        ("git commit", _e(prov.get("git_commit"))), ("config digest", f"<code>{_e(prov.get('config_digest'))}</code>"),
+        *((("overlays", _e(", ".join(prov["overlays"]))),) if prov.get("overlays") else ()),
+    ])
+    reproduce = m.get("reproduce") or {}
+    commands = "".join(f"<p>{_e(what)}:</p><pre>{_e(command)}</pre>" for what, command in reproduce.items())
+    body = (f"<h1>{_e(title)}</h1><p class='muted'>{_e(m.get('description') or '')}</p>{identity}"
+            f"<h2>Provenance</h2>{provenance}<h2>Validation</h2>{_validation_section(m['validation'])}"
+            f"{_agreement_section(validation, m['precision'])}{_latency_section(m.get('benchmarks'), title)}"
+            f"{_picture_section(directory, m)}<h2>Reproduce</h2>{commands or '<p class=muted>-</p>'}")
+    return _page(title, body)
+
+
+# -- the index of a store -------------------------------------------------------------------------------
+def _pair_latency(manifest: Mapping[str, Any]) -> float | None:
+    bench = manifest.get("benchmarks") or {}
+    if bench.get("status") != "measured":
+        return None
+    rows = [r for r in bench["rows"] if r["batch"] == 1]
+    for graph in ("end2end", "matcher", "extractor"):
+        for r in rows:
+            if r["graph"] == graph:
+                return r["p50_ms"]
+    return None
+
+
+def _accuracy(manifest: Mapping[str, Any]) -> dict[str, float]:
+    worst: dict[str, float] = {}
+    for result in (manifest.get("validation", {}).get("graphs") or {}).values():
+        for k in ("keypoint_mnn", "descriptor_cosine_mean", "match_recall"):
+            if k in result.get("metrics", {}):
+                worst[k] = min(worst.get(k, 1.0), result["metrics"][k])
+    return worst
+
+
+def store_index(root: Path, out: Path) -> str:
+    """The index page of every bundle under a local store ``root`` (latest version per model and target)."""
+    from packaging.version import InvalidVersion, Version
+
+    bundles: dict[tuple[str, str], tuple[Any, Path, dict]] = {}
+    for path in sorted(Path(root).glob("*/*/*/manifest.json")):
+        manifest = json.loads(path.read_text())
+        try:
+            version = Version(manifest["version"])
+        except (InvalidVersion, KeyError):
+            continue
+        key = (manifest["model"], manifest["target"])
+        if key not in bundles or bundles[key][0] < version:
+            bundles[key] = (version, path.parent, manifest)
+    models = sorted({m for m, _ in bundles})
+    targets = sorted({t for _, t in bundles})
+    rows = []
+    for model in models:
+        for target in targets:
+            if (model, target) not in bundles:
+                continue
+            version, directory, m = bundles[(model, target)]
+            acc = _accuracy(m)
+            latency = _pair_latency(m)
+            link = directory / REPORT
+            rel = Path(os.path.relpath(link, Path(out).parent))
+            rows.append((_e(model), _e(target), _e(version), _e(m.get("precision")),
+                         _verdict(m["validation"]["status"] == "passed") if m["validation"]["status"] != "unvalidated" else "unvalidated",
+                         *(f"{acc[k]:.4f}" if k in acc else "-" for k in ("keypoint_mnn", "descriptor_cosine_mean", "match_recall")),
+                         f"{latency:.1f}" if latency is not None else "-",
+                         f'<a href="{_e(rel.as_posix())}">report</a>' if link.is_file() else "-"))
+    table = _table(("model", "target", "version", "precision", "validation", "keypoint MNN", "descriptor cosine",
+                    "match recall", "p50 ms (pair graph, batch 1)", ""), rows, numeric=(5, 6, 7, 8))
+    chart = _index_plot(bundles)
+    body = (f"<h1>glueforge bundles in {_e(root)}</h1><p>Latest version of each model for each target. Accuracy: the "
+            "worst over the bundle's validated graphs and sizes against the upstream reference; latency: the pair graph "
+            "(end2end, else matcher or extractor) at batch 1 where measured.</p>" + table
+            + (_png(chart) if chart is not None else ""))
+    return _page(f"glueforge bundles in {root}", body)
+
+
+def _index_plot(bundles: Mapping[tuple[str, str], tuple[Any, Path, dict]]):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    measured = {key: _pair_latency(m) for key, (_, _, m) in bundles.items()}
+    measured = {k: v for k, v in measured.items() if v is not None}
+    if not measured:
+        return None
+    models = sorted({m for m, _ in measured})
+    targets = sorted({t for _, t in measured})
+    width = 0.8 / len(targets)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(models)), 3.4))
+    for i, target in enumerate(targets):
+        values = [measured.get((m, target), 0.0) for m in models]
+        ax.bar([j + i * width for j in range(len(models))], values, width, label=target)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models, fontsize=8, rotation=20)
+    ax.set_ylabel("p50 ms, pair graph, batch 1")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    plt.close(fig)
+    return fig
