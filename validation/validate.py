@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from glueforge import GlueforgeError
+from glueforge.progress import progress
 from glueforge.schema import TargetSpec as Target
 from validation.metrics import matches_of_pair, mutual_nearest, pair_metrics
 
@@ -186,23 +187,26 @@ def validate(
     G_LOGGER.module_severity = G_LOGGER.ERROR
     inputs, golden, reference = (_npz(export_dir / f"{n}.npz") for n in ("inputs", "golden", "reference"))
     graphs: dict[str, Any] = {}
-    for graph, make_runner in engines.items():
-        per_size: dict[str, Any] = {}
-        for size in cases(inputs, graph):
-            feed = _split(inputs, f"{graph}@{size}")
-            results = run_graph(make_runner, feed, f"{target_name}:{graph}@{size}")
-            produced = dict(results[0][1][0])
-            comparison = compare_outputs(_split(golden, f"{graph}@{size}"), results, target, feed)
-            if decode is not None and graph == "extractor":
-                produced = decode(produced)
-            metrics = task_metrics(graph, produced, feed, _split(reference, size))
-            checks = judge(metrics, target)
-            passed = all(c["passed"] for c in comparison.values()) and all(checks.values())
-            per_size[size] = {"passed": passed, "outputs": comparison, "metrics": metrics, "checks": checks}
-            log.info("validate %s at %s: %s %s", graph, size, "passed" if passed else "FAILED",
-                     {k: round(v, 5) for k, v in metrics.items()})
-        graphs[graph] = {"passed": all(r["passed"] for r in per_size.values()), "metrics": worst(per_size),
-                         "sizes": per_size}
+    total = sum(len(cases(inputs, graph)) for graph in engines)
+    with progress(f"validate on {target_name}", total=total, unit="case") as bar:
+        for graph, make_runner in engines.items():
+            per_size: dict[str, Any] = {}
+            for size in cases(inputs, graph):
+                feed = _split(inputs, f"{graph}@{size}")
+                results = run_graph(make_runner, feed, f"{target_name}:{graph}@{size}")
+                produced = dict(results[0][1][0])
+                comparison = compare_outputs(_split(golden, f"{graph}@{size}"), results, target, feed)
+                if decode is not None and graph == "extractor":
+                    produced = decode(produced)
+                metrics = task_metrics(graph, produced, feed, _split(reference, size))
+                checks = judge(metrics, target)
+                passed = all(c["passed"] for c in comparison.values()) and all(checks.values())
+                per_size[size] = {"passed": passed, "outputs": comparison, "metrics": metrics, "checks": checks}
+                log.info("validate %s at %s: %s %s", graph, size, "passed" if passed else "FAILED",
+                         {k: round(v, 5) for k, v in metrics.items()})
+                bar.update(1)
+            graphs[graph] = {"passed": all(r["passed"] for r in per_size.values()), "metrics": worst(per_size),
+                             "sizes": per_size}
     report = {
         "passed": all(g["passed"] for g in graphs.values()),
         "target": target_name,

@@ -24,6 +24,7 @@ import numpy as np
 
 from glueforge.cache import Result
 from glueforge.config import ExportSettings
+from glueforge.progress import progress
 from glueforge.stages import Job, Services, Stage, tool_versions
 from validation.images import default_pairs, preprocessing
 
@@ -73,33 +74,35 @@ def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
     inputs: dict[str, np.ndarray] = {}
     golden: dict[str, np.ndarray] = {}
     io: dict[str, Any] = {}
-    for graph in settings.graphs:
-        module = models.graph(graph)
-        ins, outs = graph_io(graph, settings, models.channels, models.descriptor_dim)
-        dynamic = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in ins + outs}
-        log.info("export %s/%s: tracing", settings.model, graph)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings about Python scalars are expected and harmless here
-            torch.onnx.export(
-                module,
-                models.example_inputs(graph, pairs[tuple(settings.image_size)]),
-                str(out / f"{graph}.onnx"),
-                dynamo=False,
-                opset_version=settings.opset,
-                input_names=[t.name for t in ins],
-                output_names=[t.name for t in outs],
-                dynamic_axes=dynamic,
-                do_constant_folding=True,
-            )
-        for size, images in pairs.items():
-            example = models.example_inputs(graph, images)
-            with torch.no_grad():
-                result = module(*example)
-            for spec, value in zip(ins, example):
-                inputs[f"{case(graph, size)}/{spec.name}"] = value.numpy()
-            for spec, value in zip(outs, result):
-                golden[f"{case(graph, size)}/{spec.name}"] = value.numpy()
-        io[graph] = {"inputs": [t.as_dict() for t in ins], "outputs": [t.as_dict() for t in outs]}
+    with progress(f"export {settings.model}", total=len(settings.graphs), unit="graph") as bar:
+        for graph in settings.graphs:
+            module = models.graph(graph)
+            ins, outs = graph_io(graph, settings, models.channels, models.descriptor_dim)
+            dynamic = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in ins + outs}
+            log.info("export %s/%s: tracing", settings.model, graph)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings about Python scalars are expected and harmless here
+                torch.onnx.export(
+                    module,
+                    models.example_inputs(graph, pairs[tuple(settings.image_size)]),
+                    str(out / f"{graph}.onnx"),
+                    dynamo=False,
+                    opset_version=settings.opset,
+                    input_names=[t.name for t in ins],
+                    output_names=[t.name for t in outs],
+                    dynamic_axes=dynamic,
+                    do_constant_folding=True,
+                )
+            for size, images in pairs.items():
+                example = models.example_inputs(graph, images)
+                with torch.no_grad():
+                    result = module(*example)
+                for spec, value in zip(ins, example):
+                    inputs[f"{case(graph, size)}/{spec.name}"] = value.numpy()
+                for spec, value in zip(outs, result):
+                    golden[f"{case(graph, size)}/{spec.name}"] = value.numpy()
+            io[graph] = {"inputs": [t.as_dict() for t in ins], "outputs": [t.as_dict() for t in outs]}
+            bar.update(1)
 
     reference: dict[str, Any] = {}
     for size, images in pairs.items():
