@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import MODELS, REPO, SELECT, clone_project, doit
+from tests.project import MODELS, REPO, RTX_TARGETS, SELECT, clone_project, doit
 
 
 @pytest.fixture(scope="session")
@@ -126,4 +126,28 @@ def built(tmp_path_factory, download_cache, remote_cache) -> Path:
     for stage in ("export", "simplify", "engine", "validate", "bundle"):
         for model in MODELS:
             assert f"{stage}:cpu:{model}" in executed
+    return project
+
+
+@pytest.fixture(scope="session")
+def openvino_built(built) -> Path:
+    """`doit build target=openvino` in clone A, after its cpu build (test_openvino, test_runtime_api, test_report)."""
+    proc, executed, skipped = doit(built, "build", "target=openvino", SELECT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for model in MODELS:
+        assert {f"engine:openvino:{model}", f"validate:openvino:{model}", f"bundle:openvino:{model}"} <= set(executed)
+        assert f"export:openvino:{model}" not in executed  # the runtime-independent stages are shared with cpu
+    return built
+
+
+@pytest.fixture(scope="session")
+def rtx_built(tmp_path_factory, download_cache) -> Path:
+    """Real TensorRT-RTX engines of every model for both RTX targets (test_tensorrt_rtx, test_report,
+    test_tensorrt_runners)."""
+    project = clone_project(tmp_path_factory.mktemp("rtx"))
+    for target in RTX_TARGETS:
+        proc, executed, _ = doit(project, "build", f"target={target}", SELECT)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        for model in MODELS:
+            assert f"engine:{target}:{model}" in executed
     return project

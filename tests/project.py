@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,8 @@ SHARED_DATA = Path(os.environ.get("GLUEFORGE_SHARED_DATA", REPO.parent / "shared
 MODELS = ("aliked_lightglue", "disk_lightglue", "xfeat_lighterglue", "aliked_t16", "aliked_n16rot", "aliked_n32")
 MATCHED = ("aliked_lightglue", "disk_lightglue", "xfeat_lighterglue")  # those with a matcher (end2end parity)
 UNREACHABLE = ("superpoint_lightglue", "superpoint_dense", "superpoint_open", "sift_lightglue")
-SELECT = "model=" + ",".join(MODELS)  # `doit build target=T` with every model fails at fetch for UNREACHABLE
+SELECT = "model=" + ",".join(MODELS)
+RTX_TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}  # TensorRT-RTX targets and their compute capabilities  # `doit build target=T` with every model fails at fetch for UNREACHABLE
 
 
 def _versions() -> dict[str, str]:
@@ -70,6 +72,9 @@ def reference_models(project: Path, model: str, download_cache: Path):
     return Models(config.export_settings(model, "cpu"), weights)
 
 
+_REFERENCES: dict = {}  # the upstream reference's outputs per model and export settings, shared by the targets
+
+
 def assert_parity(project: Path, model: str, target: str, download_cache: Path, thresholds: dict[str, float]) -> str:
     """Parity of a built bundle against kornia on ../shared/data: the table, written to
     ``$GLUEFORGE_PARITY_REPORT_DIR`` (or the project's artifacts); every pair must meet ``thresholds``."""
@@ -80,7 +85,9 @@ def assert_parity(project: Path, model: str, target: str, download_cache: Path, 
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
     bundle = project / "artifacts/store" / model / VERSIONS[model] / target
-    rows = bundle_parity(bundle, reference_models(project, model, download_cache), SHARED_DATA)
+    models = reference_models(project, model, download_cache)
+    key = (model, json.dumps(models.spec.payload(), sort_keys=True, default=str))  # the reference is the target's K's
+    rows = bundle_parity(bundle, models, SHARED_DATA, _REFERENCES.setdefault(key, {}))
     text = table(model, rows)
     report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", project / "artifacts"))
     (report_dir / f"parity-{target}-{model}.txt").write_text(text + "\n")

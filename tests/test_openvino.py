@@ -25,16 +25,6 @@ log = logging.getLogger(__name__)
 PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}  # as for cpu
 
 
-@pytest.fixture(scope="module")
-def openvino_built(built) -> Path:
-    proc, executed, skipped = doit(built, "build", "target=openvino", SELECT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for model in MODELS:
-        assert {f"engine:openvino:{model}", f"validate:openvino:{model}", f"bundle:openvino:{model}"} <= set(executed)
-        assert f"export:openvino:{model}" not in executed  # the runtime-independent stages are shared with cpu
-    return built
-
-
 def test_openvino_bundles_hold_the_ir_and_pass_cpu_thresholds(openvino_built):
     config = Config.load(openvino_built / "models.yaml")
     assert config.target("openvino").thresholds == config.target("cpu").thresholds

@@ -23,8 +23,12 @@ from validation.images import load, shared_pairs
 from validation.metrics import matches_of_pair, pair_metrics
 
 
-def bundle_parity(bundle: Path, models: Models, data_dir: Path) -> list[tuple[str, dict[str, float]]]:
-    """Metrics of each pair: keypoint_mnn, descriptor_cosine_min/mean, match_recall, match counts."""
+def bundle_parity(bundle: Path, models: Models, data_dir: Path,
+                  cache: dict | None = None) -> list[tuple[str, dict[str, float]]]:
+    """Metrics of each pair: keypoint_mnn, descriptor_cosine_min/mean, match_recall, match counts.
+
+    ``cache``: the reference's features and matches per pair, kept across calls by the caller (the
+    reference does not depend on the bundle's target, so several targets of one model share it)."""
     runtime = registry.runtime(json.loads((Path(bundle) / "manifest.json").read_text())["runtime"]["runtime"])
     size, colour = models.spec.image_size, models.spec.extractor.colour
     rows = []
@@ -35,9 +39,13 @@ def bundle_parity(bundle: Path, models: Models, data_dir: Path) -> list[tuple[st
             images = np.stack([load(a, size, colour), load(b, size, colour)])
             outputs = end2end.infer({"images": images})
             descriptors = extractor.infer({"images": images})["descriptors"]
-            with torch.inference_mode():
-                ref = models.reference_features(torch.from_numpy(images))
-            ref_matches = models.reference_matches(ref[0], ref[1])["matches"]
+            if cache is None or name not in cache:
+                with torch.inference_mode():
+                    features = models.reference_features(torch.from_numpy(images))
+                reference = (features, models.reference_matches(features[0], features[1])["matches"])
+                if cache is not None:
+                    cache[name] = reference
+            ref, ref_matches = cache[name] if cache is not None else reference
             cand = [{"keypoints": outputs["keypoints"][i], "descriptors": descriptors[i]} for i in (0, 1)]
             rows.append((name, pair_metrics((ref[0], ref[1], ref_matches), (cand[0], cand[1], matches_of_pair(outputs, 0)))))
     return rows
