@@ -7,6 +7,7 @@
                     [--sequence DIR] [--json] [--out FILE]        latency, throughput, peak memory
     glueforge report STORE [--out FILE]                           index page of every bundle in a local store
     glueforge engine BUNDLE --out DIR [--graph G]                 rebuild a bundle's engines from its ONNX
+    glueforge evaluate BUNDLE [--images DIR] [--warps N] [--seed S]  homography accuracy on your own images
     glueforge parity MODEL [--target T] [--data DIR]
 
 Errors a user can act on print one line without a traceback and exit non-zero.
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("bundle", type=Path)
     engine.add_argument("--out", type=Path, required=True)
     engine.add_argument("--graph", action="append", help="only this graph (repeatable)")
+    evaluate = sub.add_parser("evaluate", help="homography accuracy of a bundle on synthetic warps of your images")
+    evaluate.add_argument("bundle", type=Path)
+    evaluate.add_argument("--images", type=Path, help="a directory of photographs (default: the bundle's sample images)")
+    evaluate.add_argument("--warps", type=int, default=3, help="seeded warps per image (default 3)")
+    evaluate.add_argument("--seed", type=int, default=0)
     parity = sub.add_parser("parity", help="parity of a built bundle with the upstream reference on photographs")
     parity.add_argument("model")
     parity.add_argument("--target", default="cpu")
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "parity":
             print(_parity(args.model, args.target, args.data))
             return 0
-        return {"pull": _pull, "infer": _infer, "bench": _bench, "report": _report, "engine": _engine}[args.command](args)
+        return {"pull": _pull, "infer": _infer, "bench": _bench, "report": _report, "engine": _engine,
+                "evaluate": _evaluate}[args.command](args)
     except GlueforgeError as e:
         print(f"glueforge: {e}", file=sys.stderr)
         return 1
@@ -190,6 +197,41 @@ def _engine(args: argparse.Namespace) -> int:
 
     for name, path in rebuild(args.bundle, args.out, args.graph).items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import glueforge
+    from glueforge.api import load_image
+    from glueforge.homography import ESTIMATOR, bundle_matcher, evaluate, make_warps, matched_points
+
+    with glueforge.open(args.bundle) as bundle:
+        if args.images:
+            paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if not paths:
+                raise GlueforgeError(f"{args.images}: no .png or .jpg images")
+            images, source = [load_image(p) for p in paths], f"{len(paths)} images of {args.images}"
+        else:
+            with np.load(bundle.directory / "sample.npz") as sample:
+                images, source = [sample["image0"], sample["image1"]], "the bundle's sample images"
+        warps = make_warps(images, args.warps, args.seed)
+        result = evaluate(matched_points(bundle_matcher(bundle), warps), warps)
+        m = bundle.manifest
+    print(f"{m['model']} {m['version']} on {m['target']}: {len(warps)} warps ({args.warps} per image, seed {args.seed}) of "
+          f"{source}; {ESTIMATOR}")
+    header = f"{'':28s} {'AUC@1px':>8s} {'AUC@3px':>8s} {'AUC@5px':>8s} {'precision@3px':>14s} {'matches':>8s}"
+    rows = [("this machine, your images", result)]
+    built = (m.get("validation") or {}).get("homography")
+    if built:
+        rows += [("at build: engine", built["engine"]), ("at build: reference", built["reference"])]
+    print(header)
+    for name, r in rows:
+        print(f"{name:28s} {r['auc@1px']:8.3f} {r['auc@3px']:8.3f} {r['auc@5px']:8.3f} {r['precision@3px']:14.3f} "
+              f"{r['matches']:8.0f}")
+    if built:
+        print(f"(at build: {built['warps']} warps of {built['images']})")
     return 0
 
 

@@ -116,6 +116,18 @@ def _validation_section(validation: Mapping[str, Any]) -> str:
     return head + _table(("graph", "size", "metric", "value", "threshold", ""), rows, numeric=(3,))
 
 
+def _homography_section(validation: Mapping[str, Any]) -> str:
+    h = validation.get("homography")
+    if not h:
+        return ""
+    metrics = ("auc@1px", "auc@3px", "auc@5px", "precision@3px", "matches")
+    rows = [(who, *(f"{h[who][k]:.3f}" if k != "matches" else f"{h[who][k]:.0f}" for k in metrics))
+            for who in ("engine", "reference")]
+    return (f"<h2>Homography accuracy</h2><p>{h['warps']} warps of {_e(h['images'])}; estimator: {_e(h['estimator'])}. "
+            f"Gate: {_e(h['gate'])}: {_verdict(h['passed'])}.</p>"
+            + _table(("", "AUC@1px", "AUC@3px", "AUC@5px", "precision@3px", "matches per warp"), rows, numeric=(1, 2, 3, 4, 5)))
+
+
 def _agreement_section(validation: Mapping[str, Any], precision: str) -> str:
     """Per-output error statistics against the FP32 patched model (for FP16 targets: FP16 vs FP32)."""
     rows = []
@@ -203,6 +215,7 @@ def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapp
     commands = "".join(f"<p>{_e(what)}:</p><pre>{_e(command)}</pre>" for what, command in reproduce.items())
     body = (f"<h1>{_e(title)}</h1><p class='muted'>{_e(m.get('description') or '')}</p>{identity}"
             f"<h2>Provenance</h2>{provenance}<h2>Validation</h2>{_validation_section(m['validation'])}"
+            f"{_homography_section(validation)}"
             f"{_agreement_section(validation, m['precision'])}{_latency_section(m.get('benchmarks'), title)}"
             f"{_picture_section(directory, m)}<h2>Reproduce</h2>{commands or '<p class=muted>-</p>'}")
     return _page(title, body)

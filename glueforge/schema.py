@@ -98,6 +98,8 @@ class Thresholds(Strict):
     keypoint_mnn: Annotated[float, Field(ge=0, le=1)]
     descriptor_cosine: Annotated[float, Field(ge=-1, le=1)]
     match_recall: Annotated[float, Field(ge=0, le=1)]
+    # the homography gate: the engine's AUC@3px may fall at most this far below the reference's (validation/validate.py)
+    homography_auc_margin: Annotated[float, Field(ge=0, le=1)] = 0.02
 
 
 class BatchProfile(Strict):

@@ -218,3 +218,25 @@ def validate(
         "graphs": graphs,
     }
     return report
+
+
+def homography(bundle: Any, export_dir: Path, target: Target) -> dict[str, Any]:
+    """The homography gate (``glueforge.homography``): the engine, run through the runtime API ``bundle``, on the
+    export's warps, against the upstream model's matches on the same warps (``homography.npz``). It passes when
+    the engine's AUC@3px is at least the reference's minus the target's ``homography_auc_margin``."""
+    from glueforge.homography import ESTIMATOR, Warp, bundle_matcher, evaluate, matched_points
+
+    data = _npz(export_dir / "homography.npz")
+    count = len({k.split("/")[0] for k in data})
+    warps = [Warp(data[f"{i}/image0"], data[f"{i}/image1"], data[f"{i}/homography"]) for i in range(count)]
+    engine = evaluate(matched_points(bundle_matcher(bundle), warps), warps)
+    reference = evaluate([(data[f"{i}/points0"], data[f"{i}/points1"]) for i in range(count)], warps)
+    margin = target.thresholds.homography_auc_margin
+    passed = engine["auc@3px"] >= reference["auc@3px"] - margin
+    log.info("homography: engine AUC@1/3/5px %.3f/%.3f/%.3f, reference %.3f/%.3f/%.3f (margin %.3f): %s",
+             engine["auc@1px"], engine["auc@3px"], engine["auc@5px"], reference["auc@1px"], reference["auc@3px"],
+             reference["auc@5px"], margin, "passed" if passed else "FAILED")
+    return {"passed": passed, "estimator": ESTIMATOR, "warps": count,
+            "images": "scikit-image photographs (astronaut, coffee, chelsea, rocket, motorcycle), one seeded warp each",
+            "gate": f"engine AUC@3px >= reference AUC@3px - {margin:g}", "margin": margin,
+            "engine": engine, "reference": reference}

@@ -124,6 +124,7 @@ def assemble(
             "measured_on": validation["measured_on"],
             "measured_with": validation.get("measured_with"),
             "thresholds": validation["thresholds"],
+            "homography": validation.get("homography"),
             "graphs": {g: {"metrics": r["metrics"], "sizes": {size: {"metrics": c["metrics"], "outputs": c["outputs"]}
                                                               for size, c in r["sizes"].items()}}
                        for g, r in validation["graphs"].items()},

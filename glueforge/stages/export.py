@@ -6,7 +6,8 @@ torch (a Jetson runner has none):
 - ``inputs.npz``: the validation inputs of every graph (preprocessed images, and the
   extractor outputs that feed the matcher-only graph);
 - ``golden.npz``: the patched PyTorch model's outputs on them (exactly what was exported);
-- ``reference.npz``: the family's unpatched upstream model on the same images (the task reference).
+- ``reference.npz``: the family's unpatched upstream model on the same images (the task reference);
+- ``homography.npz``: the homography evaluation's warps and the upstream model's matches on them.
 
 Code identity: this module and the extractor and matcher family modules, with everything
 they import (their patches included).
@@ -110,6 +111,7 @@ def export(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
     np.savez(out / "inputs.npz", **inputs)
     np.savez(out / "golden.npz", **golden)
     np.savez(out / "reference.npz", **reference)
+    np.savez_compressed(out / "homography.npz", **homography_reference(models, settings))
     spec = {"graphs": io, "preprocessing": preprocessing(extractor.colour, extractor.channels, extractor.divisor, settings.sizes,
                                                          extractor.host_extractor if extractor.host else ""),
             "image_sizes": {**settings.sizes, "divisor": extractor.divisor}, "keypoints": settings.keypoints}
@@ -122,7 +124,6 @@ def reference_outputs(models, images) -> dict[str, Any]:
     """The upstream reference's features of every image and, with a matcher, the matches of every pair,
     flattened to npz keys."""
     features = models.reference_features(images)
-    h, w = images.shape[-2:]
     out: dict[str, Any] = {}
     for i, f in enumerate(features):
         for name, value in f.items():
@@ -130,8 +131,34 @@ def reference_outputs(models, images) -> dict[str, Any]:
     if models.matcher is None:
         return out
     for pair in range(len(features) // 2):
-        sized = [{**f, "image_size": np.array([w, h], dtype=np.float32)} for f in features[2 * pair: 2 * pair + 2]]
-        matches = models.reference_matches(*sized)
-        for name, value in matches.items():
+        for name, value in _reference_matches(models, features[2 * pair: 2 * pair + 2], images.shape[-2:]).items():
             out[f"pairs/{pair}/{name}"] = value
+    return out
+
+
+def _reference_matches(models, features: list[dict[str, Any]], size_hw) -> dict[str, Any]:
+    h, w = size_hw
+    return models.reference_matches(*({**f, "image_size": np.array([w, h], dtype=np.float32)} for f in features))
+
+
+def homography_reference(models, settings: ExportSettings) -> dict[str, np.ndarray]:
+    """``homography.npz``: the evaluation warps (``glueforge.homography``, at the export's image size) and the
+    matched keypoints of the unpatched upstream model on each (an extractor alone: mutual nearest descriptors)."""
+    import torch
+
+    from glueforge.homography import default_images, make_warps, mutual_nearest_descriptors
+    from validation.images import prepare
+
+    x = settings.extractor
+    out: dict[str, np.ndarray] = {}
+    for i, warp in enumerate(make_warps(default_images(settings.image_size, x.colour))):
+        images = torch.from_numpy(np.stack([prepare(im, settings.image_size, x.colour) for im in (warp.image0, warp.image1)]))
+        with torch.inference_mode():
+            features = models.reference_features(images)
+        if models.matcher is not None:
+            matches = _reference_matches(models, features, settings.image_size)["matches"]
+        else:
+            matches = mutual_nearest_descriptors(features[0]["descriptors"], features[1]["descriptors"])
+        out.update({f"{i}/image0": warp.image0, f"{i}/image1": warp.image1, f"{i}/homography": warp.homography,
+                    f"{i}/points0": features[0]["keypoints"][matches[:, 0]], f"{i}/points1": features[1]["keypoints"][matches[:, 1]]})
     return out

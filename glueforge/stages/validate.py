@@ -3,8 +3,10 @@
 The comparison and the task metrics are ``validation/validate.py``; the runner is the target
 runtime module's (what it actually runs is its ``measured_with``, recorded in the report). A
 failure raises :class:`ValidationFailed` naming every failed check and stops the bundle. A pass
-also records the bundle's sample (``sample.npz``): the validation pair and what the runtime API
-returns on it, which ``glueforge infer --self-test`` compares with on the machine that runs it.
+then runs the homography gate (``validation.validate.homography``: the engine's AUC@3px on seeded
+warps of photographs against the upstream model's, within the target's margin), and records the
+bundle's sample (``sample.npz``): the validation pair and what the runtime API returns on it,
+which ``glueforge infer --self-test`` compares with on the machine that runs it.
 Code identity: this module, ``validation`` and the target's runtime module.
 """
 
@@ -22,7 +24,7 @@ from glueforge.cache import Result
 from glueforge.runtime import PolygraphyGraph
 from glueforge.stages import Job, Services, Stage, tool_versions
 from validation.images import default_images
-from validation.validate import ValidationFailed, validate
+from validation.validate import ValidationFailed, homography, validate
 
 SAMPLE = "sample.npz"
 
@@ -48,6 +50,16 @@ class Validate(Stage):
         decode = (lambda outputs: registry.family(x.family).decode(x, outputs, k)) if x.dense else None
         report = validate(runners, inputs["export"].path, job.target, job.target_spec, decode)
         report["measured_with"] = job.runtime.measured_with
+        bundle = self.sample_bundle(services, job, inputs)
+        with bundle:
+            if report["passed"]:
+                report["homography"] = homography(bundle, inputs["export"].path, job.target_spec)
+                if not report["homography"]["passed"]:
+                    h = report["homography"]
+                    raise ValidationFailed(f"{job.model} on {job.target}: the homography gate failed: engine AUC@3px "
+                                           f"{h['engine']['auc@3px']:.3f} < reference {h['reference']['auc@3px']:.3f} - "
+                                           f"margin {h['margin']:g} ({h['warps']} warps; {h['estimator']})")
+                sample = record_sample(bundle, job)
         if not report["passed"]:
             failed = {f"{g}@{size}": {**{k: v for k, v in r["checks"].items() if not v},
                                       **{k: v for k, v in r["outputs"].items() if not v["passed"]}}
@@ -55,7 +67,7 @@ class Validate(Stage):
                       if not r["passed"]}
             raise ValidationFailed(f"{job.model} on {job.target}: validation failed: {json.dumps(failed, default=str)}")
         (out / "validation.json").write_text(json.dumps(report, indent=1))
-        np.savez_compressed(out / SAMPLE, **record_sample(self.sample_bundle(services, job, inputs), job))
+        np.savez_compressed(out / SAMPLE, **sample)
         return {"passed": True}
 
     @staticmethod
@@ -74,13 +86,12 @@ def record_sample(bundle: Bundle, job: Job) -> dict[str, np.ndarray]:
     where returned; with a matcher, ``matches`` and ``mscores`` of ``match_pair``."""
     images = default_images(job.settings.image_size, job.settings.extractor.colour)
     sample: dict[str, np.ndarray] = {"image0": images[0], "image1": images[1]}
-    with bundle:
-        if bundle.has_matcher:
-            pair = bundle.match_pair(images[0], images[1])
-            features = [pair.features0, pair.features1]
-            sample["matches"], sample["mscores"] = pair.matches, pair.scores
-        else:
-            features = bundle.extract(images)
+    if bundle.has_matcher:
+        pair = bundle.match_pair(images[0], images[1])
+        features = [pair.features0, pair.features1]
+        sample["matches"], sample["mscores"] = pair.matches, pair.scores
+    else:
+        features = bundle.extract(images)
     for i, f in enumerate(features):
         sample[f"keypoints{i}"] = f.keypoints
         for name in ("scores", "descriptors"):
