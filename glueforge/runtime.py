@@ -11,6 +11,10 @@ through ``glueforge.registry.runtime(target.runtime)`` and never names it:
   their pin where not installed, so runners without them compute the same keys);
 - ``prepare(model, graph, target) -> (model, meta)``: the graph this runtime builds from
   (fusion, FP16, lint); the fuse stage;
+- ``check(graphs, target, context) -> record`` (optional): a check of the prepared graphs that
+  the fuse stage runs after ``prepare`` (TensorRT: TensorRT-RTX's parser and builder as a proxy
+  for the Jetson's); it raises on a graph the target cannot take, and its record goes into the
+  manifest's ``prepared``;
 - ``build(graphs, out, target, context) -> meta``: the engine files in ``out``, and the
   manifest's ``runtime`` block (name, versions, devices, ``files``: graph -> file); the
   engine stage. A runtime that cannot build here raises :class:`EngineUnavailable` saying

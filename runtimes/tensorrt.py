@@ -9,6 +9,10 @@ runner uses to finish from the same artifacts. It never writes a placeholder.
 - prepare: the pre-build lint against TensorRT's ONNX parser (``lint_rules``), then FP16 the
   weakly typed way: the FP32 graph is kept, the engine is built with the FP16 flag, and the
   FP32 islands (``glueforge/fp16.py``) are pinned with precision constraints;
+- check (fuse stage, on the x86 runner): TensorRT-RTX's parser parses every prepared graph
+  and its builder builds it once for an RTX compute capability, a proxy for TensorRT's parser
+  that catches unsupported ops and shape problems before a Jetson runner does; the record
+  goes into the manifest (``prepared``);
 - engine, two builders written against NVIDIA's documented interfaces:
   - ``trtexec`` (``builder: trtexec``): ``--fp16``, ``--memPoolSize``, ``--timingCacheFile``,
     ``--minShapes/--optShapes/--maxShapes``, ``--builderOptimizationLevel``,
@@ -51,7 +55,8 @@ from glueforge.schema import BatchProfile, TargetSpec
 
 log = logging.getLogger(__name__)
 NAME = "tensorrt"
-TOOLS = ("onnx",)
+PROXY_PACKAGE = "tensorrt-rtx-cu13"  # the parser proxy (``check``); pinned, so Jetson runners without it compute the same keys
+TOOLS = ("onnx", PROXY_PACKAGE)  # the lint over onnx, and the proxy
 JETSON_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 # TensorRT's TopK layer accepts K <= 3840 (ITopKLayer, TensorRT 8.x-10.x).
 MAX_TOPK = 3840
@@ -120,9 +125,9 @@ def versions() -> dict[str, str | None]:
 
 def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
     from glueforge.fp16 import fp32_islands
-    from glueforge.lint import check
+    from glueforge.lint import check as lint
 
-    warnings = check(model, graph, lint_rules(target.tensorrt_version))
+    warnings = lint(model, graph, lint_rules(target.tensorrt_version))
     for finding in warnings:
         log.warning("lint %s: %s", graph, finding)
     meta: dict[str, Any] = {"lint_warnings": [str(f) for f in warnings], "fp32_layers": []}
@@ -130,6 +135,57 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
         meta["fp32_layers"] = fp32_islands(model)
         meta["precision"] = "fp32 graph; fp16 builder flag with fp32 precision constraints"
     return model, meta
+
+
+# -- the parser proxy: TensorRT-RTX checks the Jetson graphs before a Jetson runner does ---------------
+PROXY_COMPUTE = ("8.6", "SM86")  # one RTX compute capability the proxy builds for (an FP32 GEMM builds there)
+
+
+def check(graphs: Mapping[str, Path], target: Target, context: BuildContext) -> dict[str, Any]:
+    """Parse every prepared graph with TensorRT-RTX's ONNX parser (TensorRT's lineage) and build it once for
+    one RTX compute capability, with the target's shape profile: a proxy that catches unsupported ops and
+    shape problems here, before a Jetson runner spends time on them. Only a check: nothing it builds is kept.
+
+    A parse or build failure raises :class:`EngineBuildError` naming the node (the parser's message names
+    node and operator). What is specific to TensorRT 10.3 stays the lint's (``lint_rules``). Returns the
+    record for the manifest: parser, version, compute capability, and per graph what passed.
+    """
+    import time
+
+    try:
+        import tensorrt_rtx as rtx
+    except ImportError:
+        raise EngineUnavailable(f"the TensorRT parser proxy needs TensorRT-RTX (pip install {PROXY_PACKAGE}, the "
+                                "build extra): it checks every Jetson graph before a Jetson runner builds it") from None
+    record: dict[str, Any] = {"parser": "TensorRT-RTX ONNX parser (TensorRT's lineage), as a proxy for TensorRT "
+                                        f"{target.tensorrt_version}", "version": rtx.__version__,
+                              "compute_capability": PROXY_COMPUTE[0], "graphs": {}}
+    for name, path in graphs.items():
+        started = time.monotonic()
+        logger = capturing_logger(rtx)
+        try:
+            builder, network, _parser = parse_onnx(rtx, path, logger)
+        except EngineBuildError as e:
+            raise EngineBuildError(f"target {context.target_name!r}: the TensorRT parser proxy (TensorRT-RTX "
+                                   f"{rtx.__version__}) cannot parse {name}: {e}") from None
+        config = builder.create_builder_config()
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(rtx.ComputeCapability, PROXY_COMPUTE[1]), 0)
+        shapes = profile_shapes(context.io[name]["inputs"], target.batch, context.sizes)
+        if shapes:
+            profile = builder.create_optimization_profile()
+            for tensor, (lo, opt, hi) in shapes.items():
+                profile.set_shape(tensor, lo, opt, hi)
+            config.add_optimization_profile(profile)
+        if builder.build_serialized_network(network, config) is None:
+            raise EngineBuildError(f"target {context.target_name!r}: the TensorRT parser proxy (TensorRT-RTX "
+                                   f"{rtx.__version__}) parsed {name} but its builder refused it:\n  "
+                                   + "\n  ".join(logger.errors()[-10:]))
+        record["graphs"][name] = {"parsed": True, "built": True, "layers": network.num_layers,
+                                  "seconds": round(time.monotonic() - started, 1)}
+        log.info("proxy %s: parsed and built by TensorRT-RTX %s for sm_%s in %.1f s", name, rtx.__version__,
+                 PROXY_COMPUTE[0], time.monotonic() - started)
+    return record
 
 
 # -- shapes -----------------------------------------------------------------------------------

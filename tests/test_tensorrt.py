@@ -74,17 +74,21 @@ def test_tensorrt_graphs_have_no_onnxruntime_ops_and_dense_outputs(fused):
         assert outputs & {"matches", "mscores"} == set()
 
 
-def _engine(fused: Path, env: dict[str, str], target: str = "orin_nano"):
+def _doit_with(fused: Path, env: dict[str, str], *args: str):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return doit(fused, "engine", f"target={target}", f"model={MODEL}")
+        return doit(fused, *args)
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _engine(fused: Path, env: dict[str, str], target: str = "orin_nano"):
+    return _doit_with(fused, env, "engine", f"target={target}", f"model={MODEL}")
 
 
 def test_trtexec_path_with_stand_in(fused, tmp_path):
@@ -124,6 +128,44 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
     proc, executed, _ = _engine(fused, env)  # cached by content: trtexec is not called again
     assert proc.returncode == 0 and executed == []
     assert not calls.exists() or all(line == '["--help"]' for line in calls.read_text().splitlines())
+
+
+def test_orin_bundle_records_the_parser_proxy_and_the_device_commands(fused):
+    """With the trtexec stand-in's engines, bundled unvalidated (the engine cannot run here): the manifest records
+    the TensorRT-RTX parser proxy's check of every graph, why it holds no benchmark, and the trtexec lines."""
+    env = {"GLUEFORGE_TRTEXEC": str(STAND_IN / "trtexec"), "GLUEFORGE_COMPUTE_CAPABILITY": "8.7"}
+    proc, executed, _ = _doit_with(fused, env, "bundle", "target=orin_nano", f"model={MODEL}", "unvalidated=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    manifest = json.loads((fused / "artifacts/store" / MODEL / "0.2.0" / "orin_nano" / "manifest.json").read_text())
+    proxy = manifest["prepared"]["check"]
+    assert proxy["parser"].startswith("TensorRT-RTX ONNX parser") and proxy["version"].startswith("1.")
+    assert proxy["compute_capability"] == "8.6"
+    assert set(proxy["graphs"]) == {"end2end", "extractor", "matcher"}
+    assert all(g["parsed"] and g["built"] and g["layers"] > 10 for g in proxy["graphs"].values())
+    assert manifest["benchmarks"]["status"] == "not measured" and "TensorRT 10.3 is not installed" in manifest["benchmarks"]["reason"]
+    commands = [c for what, c in manifest["reproduce"].items() if "engine on the device" in what]
+    assert len(commands) == 3 and all(c.startswith("/usr/src/tensorrt/bin/trtexec --onnx=") for c in commands)
+    assert {f"{g}.onnx" for g in proxy["graphs"]} <= set(manifest["files"])  # the graphs the commands build from
+
+
+def test_parser_proxy_names_the_node_it_cannot_parse(tmp_path):
+    from onnx import TensorProto, helper
+
+    from glueforge.runtime import BuildContext
+    from runtimes import tensorrt
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="/net/relu"),
+                               helper.make_node("Unique", ["r"], ["y"], name="/net/unique", sorted=1)], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "matcher.onnx"))
+    target = Config.load(Path(__file__).resolve().parents[1] / "models.yaml").target("orin_nano")
+    context = BuildContext(target_name="orin_nano", io={"matcher": {"inputs": [{"name": "x", "dtype": "float32", "shape": [4]}]}})
+    with pytest.raises(EngineBuildError) as refused:
+        tensorrt.check({"matcher": tmp_path / "matcher.onnx"}, target, context)
+    message = str(refused.value)
+    assert "the TensorRT parser proxy (TensorRT-RTX 1." in message and "cannot parse matcher" in message
+    assert "name: /net/unique and operator: Unique" in message
 
 
 def test_trtexec_release_mismatch_is_refused(fused):
