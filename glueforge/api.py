@@ -430,6 +430,11 @@ class Bundle:
                 index0, index1 = np.full(self.keypoints, -1), np.full(self.keypoints, -1)
                 index0[slots0], index1[slots1] = np.arange(len(slots0)), np.arange(len(slots1))
                 matches, scores = pair_matches(outputs, 0)
+                slots = [np.asarray(outputs["keypoints"][i])[:, 0] < 0 for i in (0, 1)]
+                padded = slots[0][matches[:, 0]] | slots[1][matches[:, 1]]
+                if padded.any():
+                    raise BundleError(f"{self}: the end2end graph matched {int(padded.sum())} padded keypoint slots; the "
+                                      "engine is broken (padded slots must never match)")
                 i0, i1 = index0[matches[:, 0]], index1[matches[:, 1]]
                 keep = (i0 >= 0) & (i1 >= 0)  # a keypoint in the zero padding is dropped with its matches
                 return Pair(f0, f1, np.stack([i0[keep], i1[keep]], axis=1).astype(np.int64), scores[keep])

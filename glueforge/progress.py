@@ -49,7 +49,8 @@ class _LogProgress:
             log.info("%s: %s%s", self.description, self._amount(self.n), share)
 
     def close(self) -> None:
-        log.info("%s: done, %s in %.1f s", self.description, self._amount(self.n), time.monotonic() - self.started)
+        amount = f"{self._amount(self.n)} " if self.n else ""
+        log.info("%s: done, %sin %.1f s", self.description, amount, time.monotonic() - self.started)
 
 
 class _Silent:

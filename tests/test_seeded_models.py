@@ -82,3 +82,19 @@ def test_seeded_models_reach_the_onnx_stages_for_orin_nano(seeded):
     # one fused graph per graph of each model (3 + 1 + 1 + 1), each through the TensorRT lint without a warning
     lint = re.findall(r"fuse (\w+) for tensorrt: \{'lint_warnings': (\d+)", proc.stderr)
     assert len(lint) == 6 and all(n == "0" for _, n in lint), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("target", ["cpu", "openvino", "rtx"])
+def test_seeded_models_survive_degenerate_inputs(seeded, target):
+    """After the builds above: tests/degenerate.py's cases on every seeded bundle (the rtx one through its FP16 ONNX)."""
+    import numpy as np
+
+    import glueforge
+    from tests.degenerate import measured_bundle, problems
+
+    project, _ = seeded
+    for model in UNREACHABLE:
+        directory = project / "artifacts/store" / model / VERSIONS[model] / target
+        with (measured_bundle(directory) if target == "rtx" else glueforge.open(directory)) as bundle:
+            found = problems(bundle, np.load(directory / "sample.npz")["image0"])
+        assert found == [], (model, found)

@@ -1,0 +1,98 @@
+"""Degenerate inputs through the runtime API: what a bundle must survive (issue 10).
+
+For each case none may crash, output a NaN or an Inf, or report a match that touches a padded or
+invalid keypoint (the API raises if a graph matches a padded slot, and every match index must fall
+inside the returned keypoints):
+
+- a black image, a uniform grey image, pure noise (each matched with itself);
+- the same photograph twice: almost every confident keypoint (score above the median of the
+  real ones) must be matched to itself;
+- a photograph and its 180 degree rotation.
+
+Models without a matcher are matched by mutual nearest neighbours of their descriptors, as an
+extractor is evaluated on its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from glueforge.api import Bundle
+from glueforge.homography import mutual_nearest_descriptors
+
+SELF_MATCHED = 0.9  # share of confident keypoints of an image matched to themselves against the same image
+
+
+def _pair(bundle: Bundle, image0: np.ndarray, image1: np.ndarray):
+    if bundle.has_matcher:
+        pair = bundle.match_pair(image0, image1)
+        f0, f1, matches, scores = pair.features0, pair.features1, pair.matches, pair.scores
+        if f0.descriptors is None:  # end2end returns keypoints only: the extractor's features as well
+            f0, f1 = bundle.extract([image0, image1])
+            found = bundle.match(f0, f1)
+            matches, scores = found.matches, found.scores
+        return f0, f1, matches, scores
+    f0, f1 = bundle.extract([image0, image1])
+    matches = mutual_nearest_descriptors(f0.descriptors, f1.descriptors)
+    return f0, f1, matches, np.ones(len(matches), np.float32)
+
+
+def problems(bundle: Bundle, photograph: np.ndarray) -> list[str]:
+    """Every violation over the degenerate cases, as readable lines (empty: the bundle survives them)."""
+    shape = photograph.shape
+    rng = np.random.default_rng(0)
+    cases = {
+        "black": (np.zeros(shape, np.uint8),) * 2,
+        "grey": (np.full(shape, 128, np.uint8),) * 2,
+        "noise": (rng.integers(0, 256, shape, dtype=np.uint8),) * 2,
+        "same photograph twice": (photograph, photograph.copy()),
+        "photograph and its 180 degree rotation": (photograph, np.ascontiguousarray(photograph[::-1, ::-1])),
+    }
+    found = []
+    for case, (image0, image1) in cases.items():
+        try:
+            f0, f1, matches, scores = _pair(bundle, image0, image1)
+        except Exception as e:  # noqa: BLE001 - a crash is what this reports
+            found.append(f"{case}: {type(e).__name__}: {e}")
+            continue
+        for i, f in enumerate((f0, f1)):
+            for name in ("keypoints", "scores", "descriptors"):
+                value = getattr(f, name)
+                if value is not None and not np.isfinite(value).all():
+                    found.append(f"{case}: image {i} {name} has NaN or Inf")
+            for name, value in f.extra.items():
+                if not np.isfinite(value).all():
+                    found.append(f"{case}: image {i} {name} has NaN or Inf")
+            w, h = f.image_size
+            if len(f) and not ((f.keypoints >= 0).all() and (f.keypoints[:, 0] < w).all() and (f.keypoints[:, 1] < h).all()):
+                found.append(f"{case}: image {i} has keypoints outside the image")
+        if not np.isfinite(scores).all():
+            found.append(f"{case}: match scores have NaN or Inf")
+        if len(matches) and not ((matches >= 0).all() and (matches[:, 0] < len(f0)).all() and (matches[:, 1] < len(f1)).all()):
+            found.append(f"{case}: a match indexes no returned keypoint")
+        if case == "same photograph twice":
+            if not np.array_equal(f0.keypoints, f1.keypoints):
+                found.append(f"{case}: the same image gave different keypoints")
+            real = f0.scores[f0.scores > 0] if f0.scores is not None else np.zeros(0)
+            confident = np.nonzero(f0.scores >= np.median(real))[0] if len(real) else np.arange(len(f0))
+            themselves = set(matches[matches[:, 0] == matches[:, 1]][:, 0].tolist())
+            share = np.mean([i in themselves for i in confident]) if len(confident) else 0.0
+            if share < SELF_MATCHED:
+                found.append(f"{case}: only {share:.3f} of {len(confident)} confident keypoints matched to themselves "
+                             f"(needs {SELF_MATCHED})")
+    return found
+
+
+def measured_bundle(directory) -> Bundle:
+    """A bundle run through what its validation ran (``measured_with``): for TensorRT-RTX bundles on a machine
+    without an RTX GPU, the FP16 ONNX each engine was compiled from, with onnxruntime."""
+    import json
+    from pathlib import Path
+
+    from glueforge import registry
+    from glueforge.runtime import PolygraphyGraph
+
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    runtime = registry.runtime(manifest["runtime"]["runtime"])
+    return Bundle(directory, manifest, runners=lambda g: PolygraphyGraph(runtime.runner(directory, g, g)))
