@@ -11,7 +11,6 @@ cosine, and the share of the recorded matches reproduced, and of the produced ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 

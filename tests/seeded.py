@@ -61,10 +61,20 @@ def write_weights(directory: Path, seed: int = 0) -> dict[str, Path]:
     return files
 
 
-def write_overlay(path: Path, files: dict[str, Path]) -> Path:
-    """An overlay over models.yaml whose weights are the seeded files (declared by their sha256)."""
+# Random weights prove the export, the engines and the host code reproduce the unpatched module; they do not need
+# the real models' 480x640 and K=1024, so the overlay builds them at half the size with K=256 (faster CI), with
+# dynamic sizes and a second validated size (KITTI halved and padded to multiples of 8) as the real entries have.
+SMALL_EXPORT = {"image_size": [240, 320], "sizes": {"min": [160, 240], "max": [768, 1280]}, "keypoints": 256}
+SMALL_SECOND_SIZE = [184, 624]
+
+
+def write_overlay(path: Path, files: dict[str, Path], models: tuple[str, ...] = ()) -> Path:
+    """An overlay over models.yaml whose weights are the seeded files (declared by their sha256); the ``models``
+    named are built at ``SMALL_EXPORT`` (superpoint_lightglue also validated at ``SMALL_SECOND_SIZE``)."""
     weights = {name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "trust": None, "sources": [{"file": str(f)}],
                       "note": "seeded random weights in the upstream layout (tests/seeded.py)"}
                for name, f in files.items()}
-    path.write_text(yaml.safe_dump({"weights": weights}, sort_keys=False))
+    small = {m: {"export": {**SMALL_EXPORT, **({"validate_sizes": [SMALL_SECOND_SIZE]} if m == "superpoint_lightglue" else {})}}
+             for m in models}
+    path.write_text(yaml.safe_dump({"weights": weights, **({"models": small} if small else {})}, sort_keys=False))
     return path

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from glueforge.files import sha256_file
 from glueforge.runtime import EngineBuildError, Incompatible
 from runtimes import openvino
 
-from tests.project import MATCHED, MODELS, SELECT, VERSIONS, assert_parity, doit
+from tests.project import MATCHED, MODELS, VERSIONS, assert_parity
 
 log = logging.getLogger(__name__)
 PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}  # as for cpu

@@ -34,7 +34,7 @@ SELECT = "model=" + ",".join(UNREACHABLE)
 def seeded(tmp_path_factory, download_cache) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("seeded")
     project = clone_project(root / "project")
-    overlay = write_overlay(root / "team.yaml", write_weights(root / "weights"))
+    overlay = write_overlay(root / "team.yaml", write_weights(root / "weights"), models=UNREACHABLE)
     return project, overlay
 
 
@@ -67,9 +67,9 @@ def test_seeded_models_build_and_validate(seeded, target):
         weights = manifest["provenance"]["weights"]
         for role, w in weights.items():
             assert w["trust"] == "declared" and w["sources"][0].startswith("file ") and "seeded" in w["sources"][0], (model, role)
-    # superpoint_lightglue validates at 480x640 and at KITTI's 376x1241 padded to 376x1248 (models.yaml)
+    # superpoint_lightglue validates at two sizes from one traced graph (the overlay's: tests/seeded.py)
     sizes = _manifest(project, "superpoint_lightglue", target)["validation"]["graphs"]["end2end"]["sizes"]
-    assert set(sizes) == {"480x640", "376x1248"}
+    assert set(sizes) == {"240x320", "184x624"}
     sift = _manifest(project, "sift_lightglue", target)["preprocessing"]
     assert sift["extractor"].startswith("on the host: OpenCV SIFT") and "any H and W" in sift["size"]
 

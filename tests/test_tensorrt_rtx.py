@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 
 import onnx
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from glueforge.config import Config
 from glueforge.files import sha256_file
 
-from tests.project import MATCHED, MODELS, RTX_TARGETS, SELECT, VERSIONS, assert_parity, clone_project, doit
+from tests.project import MATCHED, RTX_MODELS, RTX_TARGETS, VERSIONS, assert_parity, clone_project, doit
 
 log = logging.getLogger(__name__)
 TARGETS = RTX_TARGETS
@@ -28,7 +27,7 @@ FP16_PARITY = {"descriptor_cosine_mean": 0.995, "match_recall": 0.90}
 @pytest.mark.parametrize("target", TARGETS)
 def test_rtx_bundles_hold_real_engines(rtx_built, target):
     config = Config.load(rtx_built / "models.yaml")
-    for model in MODELS:
+    for model in RTX_MODELS[target]:
         bundle = rtx_built / "artifacts/store" / model / VERSIONS[model] / target
         manifest = json.loads((bundle / "manifest.json").read_text())
         runtime = manifest["runtime"]
@@ -59,7 +58,7 @@ def test_rtx_bundles_hold_real_engines(rtx_built, target):
 
 def test_rtx_second_run_executes_nothing(rtx_built):
     for target in TARGETS:
-        proc, executed, _ = doit(rtx_built, "build", f"target={target}", SELECT)
+        proc, executed, _ = doit(rtx_built, "build", f"target={target}", "model=" + ",".join(RTX_MODELS[target]))
         assert proc.returncode == 0 and executed == [], proc.stdout[-2000:]
 
 
@@ -88,7 +87,7 @@ def test_lint_refusal_prints_one_message_and_no_traceback(rtx_built, tmp_path):
 
 def test_rtx_manifests_say_why_they_hold_no_figures_and_how_to_measure(rtx_built):
     for target in TARGETS:
-        for model in MODELS:
+        for model in RTX_MODELS[target]:
             manifest = json.loads((rtx_built / "artifacts/store" / model / VERSIONS[model] / target / "manifest.json").read_text())
             bench = manifest["benchmarks"]
             assert bench["status"] == "not measured", (model, target)
