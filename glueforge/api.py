@@ -211,10 +211,13 @@ def preprocess(image: np.ndarray, colour: str, placement: Fit) -> np.ndarray:
 
 
 # -- the bundle ----------------------------------------------------------------------------------------
-def run_spec(io: Mapping[str, Any], runtime: Mapping[str, Any], extractor: Any, matcher: Any) -> dict[str, Any]:
+def run_spec(io: Mapping[str, Any], runtime: Mapping[str, Any], extractor: Any, matcher: Any,
+             **identity: Any) -> dict[str, Any]:
     """The manifest fields this API runs a bundle from (``glueforge.stages.bundle`` writes them):
     graphs and their I/O, preprocessing, image sizes, K, the runtime block, and the extractor's and
-    matcher's family configuration (host code such as SIFT and SuperPoint's decoding needs it)."""
+    matcher's family configuration (host code such as SIFT and SuperPoint's decoding needs it);
+    ``identity`` (model, version, target) first. Stages that run an engine before it is bundled
+    open it with these."""
     def family(spec: Any, role: str) -> dict[str, Any] | None:
         if spec is None:
             return None
@@ -224,6 +227,7 @@ def run_spec(io: Mapping[str, Any], runtime: Mapping[str, Any], extractor: Any, 
         return {"family": spec.family, **facts, "config": spec.model_dump(mode="json")}
 
     return {
+        **identity,
         "runtime": dict(runtime),
         "graphs": {name: {"file": runtime["files"][name], **spec} for name, spec in io["graphs"].items()},
         "preprocessing": io["preprocessing"],

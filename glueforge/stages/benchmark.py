@@ -60,8 +60,8 @@ class Benchmark(Stage):
         else:
             engine = inputs["engine"]
             io = json.loads(inputs["export"].file("io.json").read_text())
-            spec = {"model": job.model, "version": services.version(job.model), "target": job.target,
-                    **run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher)}
+            spec = run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher, model=job.model,
+                            version=services.version(job.model), target=job.target)
             b = job.target_spec.benchmark
             budget = Budget(warmup=b.warmup, runs=b.runs, seconds=b.seconds)
             with Bundle(engine.path, spec) as bundle:

@@ -54,16 +54,16 @@ class Bundle(Stage):
             shutil.copyfile(inputs["validate"].file(SAMPLE), out / SAMPLE)
         version = services.version(job.model)
         provenance = services.provenance(job, with_commit=True)
+        io = json.loads(export.file("io.json").read_text())
         manifest = assemble(
             out,
             identity={"model": job.model, "version": version, "target": job.target, "description": job.spec.description,
                       "precision": job.target_spec.precision},
             engine_dir=engine.path,
             engine_files=sorted(engine.files),
-            io_spec=json.loads(export.file("io.json").read_text()),
+            io_spec=io,
             validation=validation,
-            run=run_spec(json.loads(export.file("io.json").read_text()), engine.meta, job.settings.extractor,
-                         job.settings.matcher),
+            run=run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher),
             provenance=provenance,
             benchmarks=json.loads(inputs["benchmark"].file("benchmarks.json").read_text()),
             target_settings=job.target_spec.model_dump(mode="json", exclude={"description"}),

@@ -50,22 +50,19 @@ class Validate(Stage):
         decode = (lambda outputs: registry.family(x.family).decode(x, outputs, k)) if x.dense else None
         report = validate(runners, inputs["export"].path, job.target, job.target_spec, decode)
         report["measured_with"] = job.runtime.measured_with
-        bundle = self.sample_bundle(services, job, inputs)
-        with bundle:
-            if report["passed"]:
-                report["homography"] = homography(bundle, inputs["export"].path, job.target_spec)
-                if not report["homography"]["passed"]:
-                    h = report["homography"]
-                    raise ValidationFailed(f"{job.model} on {job.target}: the homography gate failed: engine AUC@3px "
-                                           f"{h['engine']['auc@3px']:.3f} < reference {h['reference']['auc@3px']:.3f} - "
-                                           f"margin {h['margin']:g} ({h['warps']} warps; {h['estimator']})")
-                sample = record_sample(bundle, job)
         if not report["passed"]:
             failed = {f"{g}@{size}": {**{k: v for k, v in r["checks"].items() if not v},
                                       **{k: v for k, v in r["outputs"].items() if not v["passed"]}}
                       for g, per_graph in report["graphs"].items() for size, r in per_graph["sizes"].items()
                       if not r["passed"]}
             raise ValidationFailed(f"{job.model} on {job.target}: validation failed: {json.dumps(failed, default=str)}")
+        with self.sample_bundle(services, job, inputs) as bundle:
+            report["homography"] = h = homography(bundle, inputs["export"].path, job.target_spec)
+            if not h["passed"]:
+                raise ValidationFailed(f"{job.model} on {job.target}: the homography gate failed: engine AUC@3px "
+                                       f"{h['engine']['auc@3px']:.3f} < reference {h['reference']['auc@3px']:.3f} - "
+                                       f"margin {h['margin']:g} ({h['warps']} warps; {h['estimator']})")
+            sample = record_sample(bundle, job)
         (out / "validation.json").write_text(json.dumps(report, indent=1))
         np.savez_compressed(out / SAMPLE, **sample)
         return {"passed": True}
@@ -75,8 +72,8 @@ class Validate(Stage):
         """The engine as the runtime API runs it, through the runner validation used (``measured_with``)."""
         engine = inputs["engine"]
         io = json.loads(inputs["export"].file("io.json").read_text())
-        spec = {"model": job.model, "version": services.version(job.model), "target": job.target,
-                **run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher)}
+        spec = run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher, model=job.model,
+                        version=services.version(job.model), target=job.target)
         return Bundle(engine.path, spec, runners=lambda g: PolygraphyGraph(job.runtime.runner(engine.path, g, f"sample:{g}")))
 
 
