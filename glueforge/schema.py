@@ -123,7 +123,7 @@ class BenchmarkSettings(Strict):
     graphs: Optional[list[Literal["end2end", "extractor", "matcher"]]] = None  # None: every graph of the model
     batch: Annotated[list[Annotated[int, Field(ge=1, le=64)]], Field(min_length=1)] = [1]
     warmup: Annotated[int, Field(ge=0)] = 1
-    seconds: Annotated[float, Field(gt=0)] = 3.0  # per graph and batch: until stable or this long
+    seconds: Annotated[float, Field(gt=0)] = 2.0  # per graph and batch: until stable or this long
     runs: Optional[Annotated[int, Field(ge=1)]] = None  # exactly this many runs instead
 
 

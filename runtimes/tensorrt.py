@@ -600,7 +600,7 @@ def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None =
         raise EngineUnavailable("this bundle's engines run with TensorRT (JetPack on a Jetson) and cuda-python; this "
                                 "machine has no TensorRT Python package")
     if manifest is not None:
-        check_compatibility(manifest)
+        check_compatibility(manifest, trt.__version__)  # the TensorRT that will run it, as imported
     return EngineGraph(trt, Path(directory) / f"{graph}.engine")
 
 

@@ -149,7 +149,7 @@ def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None =
         raise EngineUnavailable("this bundle's engines run with TensorRT-RTX: pip install tensorrt-rtx-cu13 cuda-python, "
                                 "on a machine with an RTX GPU") from None
     if manifest is not None:
-        check_compatibility(manifest)
+        tensorrt.check_compatibility(manifest, trt.__version__, NAME)  # the TensorRT-RTX that will run it, as imported
     return tensorrt.EngineGraph(trt, Path(directory) / f"{graph}.engine")
 
 

@@ -136,8 +136,11 @@ def test_images_of_any_size_and_colour(openvino_built):
         assert np.array_equal(floats.keypoints, grey.keypoints)
         pair = bundle.match_pair(load_image(frames[0]), load_image(frames[1]))
         assert len(pair.matches) > 300  # consecutive frames
-        moved = np.linalg.norm(np.subtract(*pair.points()), axis=1)
-        assert np.median(moved) < 20  # small motion between frames
+        import cv2
+
+        # the matches, in the caller's pixels, agree with one epipolar geometry (a car driving forward)
+        _, inliers = cv2.findFundamentalMat(*pair.points(), cv2.USAC_MAGSAC, 1.0, 0.9999)
+        assert inliers.mean() > 0.8, inliers.mean()
 
 
 def test_callers_errors_name_the_problem(openvino_built, tmp_path):
