@@ -62,7 +62,8 @@ def write_weights(directory: Path, seed: int = 0) -> dict[str, Path]:
 
 
 # Random weights prove the export, the engines and the host code reproduce the unpatched module; they do not need
-# the real models' 480x640 and K=1024, so the overlay builds them at half the size with K=256 (faster CI), with
+# the real models' 480x640 and K=1024, so the overlay builds them (and the rtx and orin_nano targets of this test
+# project) at half the size with K=256 (faster CI), with
 # dynamic sizes and a second validated size (KITTI halved and padded to multiples of 8) as the real entries have.
 SMALL_EXPORT = {"image_size": [240, 320], "sizes": {"min": [160, 240], "max": [768, 1280]}, "keypoints": 256}
 SMALL_SECOND_SIZE = [184, 624]
@@ -76,5 +77,8 @@ def write_overlay(path: Path, files: dict[str, Path], models: tuple[str, ...] = 
                for name, f in files.items()}
     small = {m: {"export": {**SMALL_EXPORT, **({"validate_sizes": [SMALL_SECOND_SIZE]} if m == "superpoint_lightglue" else {})}}
              for m in models}
-    path.write_text(yaml.safe_dump({"weights": weights, **({"models": small} if small else {})}, sort_keys=False))
+    # the TensorRT targets set their own K (1024); in this test project they take the small one too
+    targets = {t: {"keypoints": SMALL_EXPORT["keypoints"]} for t in ("rtx", "orin_nano")} if small else {}
+    path.write_text(yaml.safe_dump({"weights": weights, **({"models": small, "targets": targets} if small else {})},
+                                   sort_keys=False))
     return path
