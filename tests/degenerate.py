@@ -21,6 +21,7 @@ from glueforge.api import Bundle
 from glueforge.homography import mutual_nearest_descriptors
 
 SELF_MATCHED = 0.9  # share of confident keypoints of an image matched to themselves against the same image
+SAME_PX = 0.01  # keypoints this close (pixels) are the same keypoint
 
 
 def _pair(bundle: Bundle, image0: np.ndarray, image1: np.ndarray, scores: bool = False):
@@ -75,12 +76,16 @@ def problems(bundle: Bundle, photograph: np.ndarray, trained_matcher: bool = Tru
             found.append(f"{case}: match scores have NaN or Inf")
         if len(matches) and not ((matches >= 0).all() and (matches[:, 0] < len(f0)).all() and (matches[:, 1] < len(f1)).all()):
             found.append(f"{case}: a match indexes no returned keypoint")
-        if case == "same photograph twice" and not np.array_equal(f0.keypoints, f1.keypoints):
+        # the two images of one batch may differ in the last float bits (measured: 1e-6 px on one of aliked_t16's
+        # 1687 keypoints with onnxruntime), so "the same keypoints" and "matched to itself" are by position
+        if case == "same photograph twice" and not (f0.keypoints.shape == f1.keypoints.shape
+                                                    and np.allclose(f0.keypoints, f1.keypoints, atol=SAME_PX)):
             found.append(f"{case}: the same image gave different keypoints")
         if case == "same photograph twice" and (trained_matcher or not bundle.has_matcher):
             real = f0.scores[f0.scores > 0] if f0.scores is not None else np.zeros(0)
             confident = np.nonzero(f0.scores >= np.median(real))[0] if len(real) else np.arange(len(f0))
-            themselves = set(matches[matches[:, 0] == matches[:, 1]][:, 0].tolist())
+            to_itself = np.linalg.norm(f0.keypoints[matches[:, 0]] - f1.keypoints[matches[:, 1]], axis=-1) <= SAME_PX
+            themselves = set(matches[to_itself][:, 0].tolist())
             share = np.mean([i in themselves for i in confident]) if len(confident) else 0.0
             if share < SELF_MATCHED:
                 found.append(f"{case}: only {share:.3f} of {len(confident)} confident keypoints matched to themselves "

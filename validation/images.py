@@ -109,8 +109,9 @@ def default_pairs(size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> 
     return np.stack([prepare(image, size_hw, colour) for image in default_images(size_hw, colour)])
 
 
-def shared_pairs(data_dir: Path) -> Iterator[tuple[str, Path, Path]]:
-    """The wide-baseline pairs and consecutive sequence frames of ../shared/data."""
+def shared_pairs(data_dir: Path, sequence_pairs: int | None = None) -> Iterator[tuple[str, Path, Path]]:
+    """The wide-baseline pairs and consecutive sequence frames of ../shared/data (``sequence_pairs``: the first
+    that many pairs of consecutive frames of each sequence; None: all)."""
     data_dir = Path(data_dir)
     pairs = data_dir / "pairs"
     for a, b in (("sacre_coeur1.jpg", "sacre_coeur2.jpg"), ("DSC_0410.JPG", "DSC_0411.JPG"),
@@ -118,5 +119,5 @@ def shared_pairs(data_dir: Path) -> Iterator[tuple[str, Path, Path]]:
         yield f"pairs/{a}", pairs / a, pairs / b
     for sequence in ("tum", "kitti"):
         frames = sorted((data_dir / "sequences" / sequence).glob("*.png"))
-        for a, b in zip(frames, frames[1:]):
+        for a, b in list(zip(frames, frames[1:]))[:sequence_pairs]:
             yield f"{sequence}/{a.name}", a, b

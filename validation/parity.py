@@ -24,18 +24,19 @@ from validation.metrics import matches_of_pair, pair_metrics
 
 
 def bundle_parity(bundle: Path, models: Models, data_dir: Path,
-                  cache: dict | None = None) -> list[tuple[str, dict[str, float]]]:
+                  cache: dict | None = None, sequence_pairs: int | None = None) -> list[tuple[str, dict[str, float]]]:
     """Metrics of each pair: keypoint_mnn, descriptor_cosine_min/mean, match_recall, match counts.
 
     ``cache``: the reference's features and matches per pair, kept across calls by the caller (the
-    reference does not depend on the bundle's target, so several targets of one model share it)."""
+    reference does not depend on the bundle's target, so several targets of one model share it).
+    ``sequence_pairs``: pairs of consecutive frames per sequence (``shared_pairs``; None: all)."""
     runtime = registry.runtime(json.loads((Path(bundle) / "manifest.json").read_text())["runtime"]["runtime"])
     size, colour = models.spec.image_size, models.spec.extractor.colour
     rows = []
     with ExitStack() as stack:
         end2end = stack.enter_context(runtime.runner(bundle, "end2end", "end2end"))
         extractor = stack.enter_context(runtime.runner(bundle, "extractor", "extractor"))
-        for name, a, b in shared_pairs(data_dir):
+        for name, a, b in shared_pairs(data_dir, sequence_pairs):
             images = np.stack([load(a, size, colour), load(b, size, colour)])
             outputs = end2end.infer({"images": images})
             descriptors = extractor.infer({"images": images})["descriptors"]
