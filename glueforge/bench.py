@@ -71,11 +71,15 @@ class Budget:
 
 # -- memory --------------------------------------------------------------------------------------------
 def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; False where the kernel does not (then the
+    peak is the process's lifetime peak). Some kernels accept the write and keep the peak, so it is checked."""
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
-        return True
-    except OSError:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        peak, rss = (int(status[k].split()[0]) for k in ("VmHWM", "VmRSS"))
+    except (OSError, KeyError, ValueError):
         return False
+    return peak <= rss + 16 * 1024  # kB: within 16 MiB of the current RSS, so the reset took
 
 
 def _peak_rss_mib() -> float | None:

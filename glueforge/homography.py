@@ -139,7 +139,15 @@ def evaluate(points: Sequence[tuple[np.ndarray, np.ndarray]], warps: Sequence[Wa
 
 def matched_points(match: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
                    warps: Sequence[Warp]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [match(w.image0, w.image1) for w in warps]
+    """``match`` on each warp's two images, with progress (glueforge.progress)."""
+    from glueforge.progress import progress
+
+    points = []
+    with progress("homography: match the warps", total=len(warps), unit="warp") as bar:
+        for w in warps:
+            points.append(match(w.image0, w.image1))
+            bar.update(1)
+    return points
 
 
 ESTIMATOR = (f"OpenCV findHomography USAC_MAGSAC (MAGSAC++), {RANSAC_PX:g} px, 10000 iterations, confidence 0.9999, "
