@@ -70,25 +70,30 @@ class Budget:
 
 
 # -- memory --------------------------------------------------------------------------------------------
+def _status_kib(*fields: str) -> list[int] | None:
+    """The named ``kB`` fields of /proc/self/status (Linux), in order; None where it cannot be read."""
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return [int(status[f].split()[0]) for f in fields]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _reset_peak_rss() -> bool:
     """Reset the process's peak RSS (VmHWM) to its current RSS; False where the kernel does not (then the
     peak is the process's lifetime peak). Some kernels accept the write and keep the peak, so it is checked."""
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-        peak, rss = (int(status[k].split()[0]) for k in ("VmHWM", "VmRSS"))
-    except (OSError, KeyError, ValueError):
+    except OSError:
         return False
-    return peak <= rss + 16 * 1024  # kB: within 16 MiB of the current RSS, so the reset took
+    values = _status_kib("VmHWM", "VmRSS")
+    return values is not None and values[0] <= values[1] + 16 * 1024  # within 16 MiB of the current RSS: it took
 
 
 def _peak_rss_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    values = _status_kib("VmHWM")
+    if values is not None:
+        return values[0] / 1024.0
     try:
         import resource
 
