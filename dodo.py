@@ -38,12 +38,17 @@ def task_fetch():
 
 
 def task_export():
-    """export the patched PyTorch model to ONNX (end-to-end, extractor, matcher)"""
+    """export the patched PyTorch model to ONNX, a cached step per graph (end2end, extractor, matcher), and io.json"""
     yield from PLAN.stage_tasks("export")
 
 
+def task_reference():
+    """record the validation inputs, the golden outputs and the upstream and homography references"""
+    yield from PLAN.stage_tasks("reference")
+
+
 def task_simplify():
-    """simplify the ONNX graphs (onnxsim) and infer every tensor's shape"""
+    """simplify each ONNX graph (onnxsim) and infer every tensor's shape"""
     yield from PLAN.stage_tasks("simplify")
 
 
@@ -58,7 +63,7 @@ def task_engine():
 
 
 def task_validate():
-    """validate the engine against golden PyTorch outputs and the kornia reference"""
+    """validate the engine against the reference step's golden PyTorch outputs and kornia's outputs"""
     yield from PLAN.stage_tasks("validate")
 
 

@@ -42,6 +42,24 @@ class Result:
         return {name: f["sha256"] for name, f in self.files.items()}
 
 
+class GraphResults(dict):
+    """The results of a per-graph stage's steps for one model, graph -> :class:`Result`, read as one input:
+    ``file(name)`` finds the file in whichever graph's result holds it, ``digests()`` keys them by graph."""
+
+    def file(self, name: str) -> Path:
+        for result in self.values():
+            if name in result.files:
+                return result.path / name
+        raise KeyError(f"no graph result has a file {name!r} (graphs: {', '.join(self)})")
+
+    def digests(self) -> dict[str, str]:
+        return {f"{graph}/{name}": digest for graph, result in self.items() for name, digest in result.digests().items()}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {graph: result.meta for graph, result in self.items()}
+
+
 def action_key(stage: str, payload: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of the stage name and its payload."""
     text = json.dumps({"stage": stage, **payload}, sort_keys=True, separators=(",", ":"))
@@ -113,9 +131,12 @@ class ActionCache:
         try:
             record = json.loads((path / RESULT).read_text())
         except (OSError, ValueError):
+            if path.exists():  # an entry without a readable record is no entry: it would block the rebuild's rename
+                log.warning("%s cache entry %s has no readable %s; discarding it", stage, key[:12], RESULT)
+                shutil.rmtree(path, ignore_errors=True)
             return self._from_remote(stage, key)
         result = Result(stage, key, path, record["files"], record["meta"])
-        if verify and not self._intact(result):
+        if verify and not self._intact(result, record.get("stamps", {})):
             log.warning("%s cache entry %s is corrupt; discarding it", stage, key[:12])
             shutil.rmtree(path, ignore_errors=True)
             return None
@@ -130,7 +151,7 @@ class ActionCache:
                 record = self.remote.fetch(stage, key, tmp)
                 if record is None:
                     raise _Miss  # leaves nothing behind
-                (tmp / RESULT).write_text(json.dumps(record, indent=1))
+                self._record(tmp, stage, key, record["files"], record["meta"])
         except _Miss:
             return None
         except (GlueforgeError, ValueError) as e:
@@ -140,12 +161,28 @@ class ActionCache:
         return Result(stage, key, final, record["files"], record["meta"])
 
     @staticmethod
-    def _intact(result: Result) -> bool:
+    def _intact(result: Result, stamps: dict[str, list[int]]) -> bool:
+        """Every file is there with its size and sha256. A file whose size and modification time equal the stamp
+        taken when the entry was committed is not hashed again (as git's index does): an entry is immutable, and
+        any write to a file changes its modification time."""
         for name, f in result.files.items():
             p = result.path / name
-            if not p.is_file() or p.stat().st_size != f["size"] or sha256_file(p) != f["sha256"]:
+            try:
+                st = p.stat()
+            except OSError:
+                return False
+            if st.st_size != f["size"]:
+                return False
+            if stamps.get(name) != [st.st_size, st.st_mtime_ns] and sha256_file(p) != f["sha256"]:
                 return False
         return True
+
+    @staticmethod
+    def _record(directory: Path, stage: str, key: str, files: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Write ``result.json``: the files with their digests, the metadata, and the local stamps."""
+        stamps = {name: [(directory / name).stat().st_size, (directory / name).stat().st_mtime_ns] for name in files}
+        record = {"stage": stage, "key": key, "files": files, "meta": meta, "stamps": stamps}
+        (directory / RESULT).write_text(json.dumps(record, indent=1))
 
     def put(self, stage: str, key: str, build: Callable[[Path], dict[str, Any]]) -> Result:
         """Run ``build(tmpdir) -> meta`` and commit its files as the entry for ``key``.
@@ -157,7 +194,7 @@ class ActionCache:
         with atomic_directory(final) as tmp:
             meta = build(tmp)
             files = describe_files(tmp)
-            (tmp / RESULT).write_text(json.dumps({"stage": stage, "key": key, "files": files, "meta": meta}, indent=1))
+            self._record(tmp, stage, key, files, meta)
         result = Result(stage, key, final, files, meta)
         if self.remote is not None:
             try:

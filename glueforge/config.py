@@ -299,6 +299,19 @@ class ExportSettings:
                 "matcher": self.matcher.model_dump(mode="json") if self.matcher else None,
                 "sizes": self.sizes, "validate_sizes": [list(s) for s in self.validate_sizes]}
 
+    def for_graph(self, graph: str) -> "ExportSettings":
+        """What tracing ``graph`` reads: no model name (a label, not an input), no validated or profile sizes
+        (H and W are dynamic; the trace runs at ``image_size``), and for the extractor graph no matcher and no
+        match output form. Equal views trace equal graphs, whichever model or target asks."""
+        alone = graph == "extractor"
+        return dataclasses.replace(self, model="", graphs=[graph], sizes={}, validate_sizes=(),
+                                   matcher=None if alone else self.matcher, match_output="" if alone else self.match_output)
+
+    def for_reference(self) -> "ExportSettings":
+        """What the reference step reads: golden outputs are recorded in the dense match form (validation derives
+        the list form from it), so the reference is the same for every target with the same keypoint count."""
+        return dataclasses.replace(self, model="", match_output="dense", sizes={}, opset=0)
+
     @property
     def all_sizes(self) -> list[tuple[int, int]]:
         """Every validated [H, W]: image_size first."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -69,3 +70,25 @@ def atomic_directory(dest: Path, replace: bool = False) -> Iterator[Path]:
             os.rename(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# the temporary names of atomic_file (".<name>.<random>.part") and atomic_directory (".<name>.<random>"):
+# tempfile's random part is 8 characters of [a-z0-9_]
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.part)?$")
+
+
+def sweep_temporaries(root: Path) -> list[Path]:
+    """Remove every temporary file or directory that an interrupted writer left under ``root``; return them.
+    Only safe while no writer runs there (the build lock of ``glueforge.lock``)."""
+    removed = []
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            if _TEMPORARY.match(name):
+                path = Path(directory) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        dirs[:] = [d for d in dirs if not _TEMPORARY.match(d)]
+    return removed

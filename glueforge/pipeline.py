@@ -1,13 +1,17 @@
 """The stage graph of one models.yaml: action keys, cached results, and running a stage.
 
-fetch -> export -> simplify -> fuse -> engine -> validate -> benchmark -> bundle
+fetch -> export (per graph) -> interface -> simplify (per graph) -> fuse -> engine -> validate -> benchmark -> bundle,
+and reference -> validate
 
 Each stage is an object (``glueforge/stages/``) that owns what it reads, its build and its
-code identity; this module only wires them: a stage's action key hashes its code (the import
-closure of its modules), the digests of the results it needs and its settings (DESIGN.md,
-"Identity and caching"). Consequences: a second build runs nothing, touching a file runs
-nothing, and editing one patch reruns only the models whose families use it; a stage whose
-inputs come out byte-identical is not rerun either.
+code identity; this module only wires them. A stage runs as steps, one per model and target
+or one per graph, and each step is cached under its own action key: the hash of its code (the
+import closure of its modules), the digests of the results it needs, its view (the part of the
+configuration it reads, which is all its build receives of it) and the versions of its tools
+(DESIGN.md, "Identity and caching"). Consequences: a second build runs nothing, touching a file
+runs nothing, editing one patch reruns only the models whose families use it, targets whose
+graph views are equal share the graph, and a step whose inputs come out byte-identical is not
+rerun either.
 """
 
 from __future__ import annotations
@@ -23,25 +27,30 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from glueforge import PROJECT_ROOT, GlueforgeError, machine
-from glueforge.cache import ActionCache, RemoteCache, Result, action_key
+from glueforge.cache import ActionCache, GraphResults, RemoteCache, Result, action_key
 from glueforge.config import Config, overlay_paths
 from glueforge.fetch import cached_digest, describe, fetch, weight_path
-from glueforge.files import sha256_file, write_atomic
+from glueforge.files import sha256_file, sweep_temporaries, write_atomic
+from glueforge.lock import hold
 from glueforge.identity import code_digests
 from glueforge.progress import progress
-from glueforge.stages import Job, Stage
+from glueforge.stages import Job, Label, Stage
 from glueforge.stages.benchmark import Benchmark
 from glueforge.stages.bundle import Bundle
 from glueforge.stages.engine import Engine
 from glueforge.stages.export import Export
 from glueforge.stages.fuse import Fuse
+from glueforge.stages.interface import Interface
+from glueforge.stages.reference import Reference
 from glueforge.stages.simplify import Simplify
 from glueforge.stages.validate import Validate
 from glueforge.store import LocalStore
+from glueforge.views import payload
 
 log = logging.getLogger(__name__)
 
-STAGES: dict[str, Stage] = {s.name: s for s in (Export(), Simplify(), Fuse(), Engine(), Validate(), Benchmark(), Bundle())}
+STAGES: dict[str, Stage] = {s.name: s for s in (Export(), Interface(), Reference(), Simplify(), Fuse(), Engine(), Validate(),
+                                                 Benchmark(), Bundle())}
 
 
 class MissingInput(GlueforgeError):
@@ -65,7 +74,7 @@ class Pipeline:
         self.cache = ActionCache(self.artifacts / "cas", remote_cache(config))
         self.download_cache = Path(os.environ.get("GLUEFORGE_DOWNLOAD_CACHE", self.artifacts / "downloads"))
         self.store = LocalStore(self.root / config.project.store.local)
-        self._keys: dict[tuple[str, str, str], str] = {}
+        self._keys: dict[tuple[str, str, str, str | None], str] = {}
         self._verified: dict[tuple[str, str], Result] = {}
         self.version_override: str | None = None  # doit publish version=V
         self.unvalidated = False  # doit publish unvalidated=1: bundle without validation, marked so
@@ -76,6 +85,13 @@ class Pipeline:
         ``config=``), else those of $GLUEFORGE_CONFIG (``glueforge.config``)."""
         paths = overlay_paths(overlays) if overlays is None or isinstance(overlays, str) else [Path(o) for o in overlays]
         return cls(Config.load(Path(root) / "models.yaml", paths), root)
+
+    def hold(self) -> None:
+        """Take this checkout's build lock (``glueforge.lock``) for the rest of the process, then remove what
+        interrupted builds left under the artifacts directory."""
+        hold(self.artifacts)
+        for path in sweep_temporaries(self.artifacts):
+            log.info("removed %s, left by an interrupted build", path.relative_to(self.artifacts))
 
     def job(self, model: str, target: str) -> Job:
         return Job(self.config, model, target)
@@ -167,28 +183,45 @@ class Pipeline:
     def needs(self, stage: str, job: Job) -> tuple[str, ...]:
         return STAGES[stage].needs(job, self.unvalidated)
 
-    def key(self, stage: str, model: str, target: str) -> str:
-        memo = (stage, model, target)
+    def graphs(self, stage: str, model: str, target: str) -> list[str | None]:
+        """The steps of ``stage`` for one model and target: one per graph, or one (None)."""
+        s = STAGES[stage]
+        return list(s.graphs(self.job(model, target))) if s.per_graph else [None]
+
+    def key(self, stage: str, model: str, target: str, graph: str | None = None) -> str:
+        """The action key of one step (module docstring). Raises MissingInput while an input is not built."""
+        memo = (stage, model, target, graph)
         if memo not in self._keys:
             job, s = self.job(model, target), STAGES[stage]
             self._keys[memo] = action_key(stage, {
-                "code": code_digests(s.modules(job)),
-                "inputs": {n: self._input(n, model, target).digests() for n in self.needs(stage, job)},
-                "settings": s.settings(self, job),
+                **self.own_key(stage, model, target, graph),
+                "inputs": {n: self._input(n, model, target, graph).digests() for n in self.needs(stage, job)},
             })
         return self._keys[memo]
 
+    def own_key(self, stage: str, model: str, target: str, graph: str | None = None) -> dict[str, Any]:
+        """The part of a step's key that is its own, not its inputs': code, view and tools."""
+        job, s = self.job(model, target), STAGES[stage]
+        return {"code": code_digests(s.modules(job, graph)), "view": payload(s.view(self, job, graph)),
+                "tools": s.tools(job)}
+
     # -- results ----------------------------------------------------------------------------
-    def _input(self, stage: str, model: str, target: str) -> Result:
-        result = self.cached(stage, model, target)
+    def _input(self, stage: str, model: str, target: str, graph: str | None) -> Result | GraphResults:
+        """The result of a needed stage: the same graph's of a per-graph stage read by a per-graph step, every
+        graph's (``GraphResults``) read by a step of the whole model."""
+        if not STAGES[stage].per_graph:
+            graph = None
+        elif graph is None:
+            return GraphResults({g: self._input(stage, model, target, g) for g in self.graphs(stage, model, target)})
+        result = self.cached(stage, model, target, graph)
         if result is None:
             raise MissingInput(f"{stage} of {model} for {target} is not built yet")
         return result
 
-    def cached(self, stage: str, model: str, target: str) -> Result | None:
-        """The cached result of ``stage`` (verified once per process), or None."""
+    def cached(self, stage: str, model: str, target: str, graph: str | None = None) -> Result | None:
+        """The cached result of one step (verified once per process), or None."""
         try:
-            key = self.key(stage, model, target)
+            key = self.key(stage, model, target, graph)
         except MissingInput:
             return None
         if (stage, key) not in self._verified:
@@ -198,32 +231,48 @@ class Pipeline:
             self._verified[(stage, key)] = result
         return self._verified[(stage, key)]
 
-    def result(self, stage: str, model: str, target: str) -> Result:
-        """The result of ``stage``, from the cache or built now (with its missing inputs)."""
-        cached = self.cached(stage, model, target)
+    def result(self, stage: str, model: str, target: str, graph: str | None = None) -> Result:
+        """The result of one step, from the cache or built now (with its missing inputs)."""
+        cached = self.cached(stage, model, target, graph)
         if cached is not None:
             return cached
         job = self.job(model, target)
-        inputs = {n: self.result(n, model, target) for n in self.needs(stage, job)}
-        self._keys.pop((stage, model, target), None)
-        key = self.key(stage, model, target)
-        log.info("%s %s for %s: building (key %s)", stage, model, target, key[:12])
-        with progress(f"{stage} {model} for {target}"):  # a spinner in a terminal; a closing line with the time in logs
-            return self.cache.put(stage, key, lambda out: STAGES[stage].build(self, job, inputs, out))
+        needs = self.needs(stage, job)
+        for need in needs:  # build what is missing, graph by graph
+            if not STAGES[need].per_graph:
+                self.result(need, model, target)
+                continue
+            for g in [graph] if graph is not None else self.graphs(need, model, target):
+                self.result(need, model, target, g)
+        inputs = {n: self._input(n, model, target, graph) for n in needs}
+        self._keys.pop((stage, model, target, graph), None)
+        key = self.key(stage, model, target, graph)
+        label = Label(model, target, graph)
+        view = STAGES[stage].view(self, job, graph)
+        log.info("%s %s: building (key %s)", stage, label, key[:12])
+        with progress(f"{stage} {label}"):  # a spinner in a terminal; a closing line with the time in logs
+            return self.cache.put(stage, key, lambda out: STAGES[stage].build(self, view, inputs, out, label))
 
-    def done(self, stage: str, model: str, target: str) -> bool:
-        result = self.cached(stage, model, target)
-        if result is None:
-            return False
-        if stage == "bundle":
-            return self.store.has(result.meta["manifest"])
+    def steps(self, task: str) -> list[str]:
+        """The stages whose steps the doit task of stage ``task`` builds (export: the graphs, then the interface)."""
+        return [name for name, s in STAGES.items() if (s.task or name) == task]
+
+    def done(self, task: str, model: str, target: str) -> bool:
+        for stage in self.steps(task):
+            for graph in self.graphs(stage, model, target):
+                result = self.cached(stage, model, target, graph)
+                if result is None:
+                    return False
+                if stage == "bundle" and not self.store.has(result.meta["manifest"], verify=True):
+                    return False
         return True
 
-    def run(self, stage: str, model: str, target: str) -> Result:
-        result = self.result(stage, model, target)
-        if stage == "bundle":
-            self.store.publish(result.path)
-        return result
+    def run(self, task: str, model: str, target: str) -> None:
+        for stage in self.steps(task):
+            for graph in self.graphs(stage, model, target):
+                result = self.result(stage, model, target, graph)
+                if stage == "bundle":
+                    self.store.publish(result.path)
 
     def publish(self, model: str, target: str, store, channels: list[str]) -> None:
         """Publish the bundle of ``model`` for ``target`` (built if needed) to ``store``; move ``channels``."""
@@ -245,7 +294,7 @@ class Pipeline:
             stage = pending.pop()
             if stage not in seen:
                 seen.add(stage)
-                tools.update(STAGES[stage].settings(self, job).get("tools", {}))
+                tools.update({k: v for k, v in STAGES[stage].tools(job).items() if isinstance(v, str) or v is None})
                 pending.extend(self.needs(stage, job))
         return dict(sorted(tools.items()))
 
@@ -257,7 +306,7 @@ class Pipeline:
                              "trust": "declared" if w.sha256 else "first-use", "sources": [describe(s) for s in w.sources]}
         prov = {
             "weights": weights,
-            "code": code_digests(STAGES["export"].modules(job)),
+            "code": code_digests([m for graph in job.graphs for m in STAGES["export"].modules(job, graph)]),
             "config_digest": self.config.digest(job.spec, job.target_spec),
             "tools": self.tools(job),
             "glueforge": machine.package_version("glueforge"),
@@ -267,8 +316,11 @@ class Pipeline:
         if overlays:  # the overlay files that changed what this model for this target reads
             prov["overlays"] = [path.name for path in overlays]
         if with_commit:
-            prov["git_commit"] = git_commit(self.root)
+            prov["git_commit"] = self.git_commit()
         return prov
+
+    def git_commit(self) -> str | None:
+        return git_commit(self.root)
 
 
 def git_commit(root: Path) -> str | None:

@@ -148,14 +148,20 @@ class TargetSpec(Strict):
                              f"not {self.precision!r}")
         return self
 
-    def prepare_settings(self) -> dict[str, Any]:
-        """The part of the target that shapes the prepared graph (the fuse stage's key)."""
-        return self.model_dump(mode="json", include={"runtime", "precision"})
+    # what the runtime module's ``prepare`` and ``check`` read of the target (the fuse step's view)
+    fuse_fields: ClassVar[tuple[str, ...]] = ("runtime", "precision")
 
-    def engine_settings(self) -> dict[str, Any]:
-        """The part of the target that shapes the engine's bytes (its action key)."""
-        return self.model_dump(mode="json", exclude={"tolerances", "thresholds", "description", "benchmark"})
+    def view(self, stage: str) -> "TargetSpec":
+        """This target as the ``stage`` step reads it (``glueforge.views.restricted``): reading a field outside the
+        view raises, and the step's key covers the view whole."""
+        from glueforge.views import restricted
 
-    def validation_settings(self) -> dict[str, Any]:
-        """The part of the target that validation reads (its action key)."""
-        return self.model_dump(mode="json", exclude={"description", "benchmark"})
+        everything = set(type(self).model_fields)
+        fields = {
+            "fuse": set(self.fuse_fields),
+            "engine": everything - {"tolerances", "thresholds", "description", "benchmark"},
+            "validate": everything - {"description", "benchmark"},
+            "benchmark": everything - {"description", "tolerances", "thresholds"},
+            "bundle": everything - {"description"},
+        }[stage]
+        return restricted(self, fields)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from glueforge import GlueforgeError
-from glueforge.files import atomic_directory, write_atomic
+from glueforge.files import atomic_directory, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -67,7 +67,9 @@ class Store:
     def fetch_file(self, manifest: dict[str, Any], name: str, dest: Path) -> None:
         raise NotImplementedError
 
-    def has(self, manifest: dict[str, Any]) -> bool:
+    def has(self, manifest: dict[str, Any], verify: bool = False) -> bool:
+        """The store holds this bundle (its manifest lists the same files); with ``verify``, also every file intact,
+        where the store can check that cheaply (a local store: sizes and sha256)."""
         existing = self.manifest(manifest["model"], manifest["version"], manifest["target"])
         return existing is not None and same_files(existing, manifest)
 
@@ -110,17 +112,34 @@ class LocalStore(Store):
     def fetch_file(self, manifest: dict[str, Any], name: str, dest: Path) -> None:
         shutil.copyfile(self.bundle_path(manifest["model"], manifest["version"], manifest["target"]) / name, dest)
 
+    def has(self, manifest: dict[str, Any], verify: bool = False) -> bool:
+        return super().has(manifest) and (not verify or not self.damaged(manifest))
+
+    def damaged(self, manifest: dict[str, Any]) -> list[str]:
+        """The files of the stored bundle of ``manifest`` that are missing, or differ in size or sha256."""
+        bundle = self.bundle_path(manifest["model"], manifest["version"], manifest["target"])
+        damaged = []
+        for name, entry in manifest["files"].items():
+            path = bundle / name
+            if not path.is_file() or path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+                damaged.append(name)
+        return damaged
+
     def publish(self, staged: Path, channels: Sequence[str] = ()) -> Path:
         """Publish the bundle staged in ``staged`` (files plus manifest.json)."""
         manifest = read_manifest(staged)
         if manifest is None:
             raise GlueforgeError(f"{staged}: no readable {MANIFEST}; a bundle without a manifest does not exist")
         dest = self.bundle_path(manifest["model"], manifest["version"], manifest["target"])
-        if not self._refuse_or_accept(read_manifest(dest), manifest):
+        existing = read_manifest(dest)
+        damaged = self.damaged(manifest) if existing is not None and same_files(existing, manifest) else []
+        if damaged:  # the same bundle, but files of it were changed or deleted in the store: replace it whole
+            log.warning("%s in the %s is damaged (%s); publishing it again", _identity(manifest), self, ", ".join(damaged))
+        if damaged or not self._refuse_or_accept(existing, manifest):
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():  # a directory without a manifest is a leftover of an interrupted copy
+            if dest.exists() and not damaged:  # a directory without a manifest is a leftover of an interrupted copy
                 shutil.rmtree(dest)
-            with atomic_directory(dest) as tmp:
+            with atomic_directory(dest, replace=bool(damaged)) as tmp:
                 for name in manifest["files"]:
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(staged / name, tmp / name)

@@ -14,7 +14,12 @@ from doit.exceptions import TaskFailed
 
 from glueforge import PROJECT_ROOT, GlueforgeError
 from glueforge.log import configure_logging
-from glueforge.pipeline import Pipeline
+from glueforge.pipeline import STAGES, Pipeline
+
+
+def _task_of(stage: str) -> str:
+    """The doit task that builds the steps of ``stage``."""
+    return STAGES[stage].task or stage
 
 
 
@@ -28,8 +33,9 @@ def load_plan(target: str, models: str | None, root: Path | None = None, config:
         root = PROJECT_ROOT
     try:
         pipeline = Pipeline.load(root, config)
-        pipeline.artifacts.mkdir(parents=True, exist_ok=True)  # doit's dep_file lives there, even when nothing else does
-        return Plan(pipeline, target, models, **options)
+        plan = Plan(pipeline, target, models, **options)
+        pipeline.hold()  # one build at a time per checkout; doit's dep_file lives in the artifacts directory too
+        return plan
     except GlueforgeError as e:
         print(f"glueforge: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -92,11 +98,16 @@ class Plan:
             }
 
     def stage_tasks(self, stage: str) -> Iterator[dict[str, Any]]:
+        """One task per selected model: it builds the steps of ``stage`` (and of the stages it builds with, such
+        as export's interface) for the target."""
         for model in self.models:
-            if stage == "export":
-                deps = [f"fetch:{w}" for w in self.pipeline.weight_names(model).values()]
-            else:
-                deps = [f"{need}:{self._name(model)}" for need in self.pipeline.needs(stage, self.pipeline.job(model, self.target))]
+            job = self.pipeline.job(model, self.target)
+            steps = self.pipeline.steps(stage)
+            needs = {need for step in steps for need in self.pipeline.needs(step, job)}
+            tasks = dict.fromkeys(_task_of(need) for need in sorted(needs))
+            deps = [f"{task}:{self._name(model)}" for task in tasks if task != stage]
+            if stage in ("export", "reference"):  # the steps that read weights
+                deps += [f"fetch:{w}" for w in self.pipeline.weight_names(model).values()]
             yield {
                 "name": self._name(model),
                 "doc": f"{stage} {model} for target {self.target}",

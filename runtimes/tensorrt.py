@@ -94,8 +94,8 @@ class Target(TargetSpec):
     builder_optimization_level: Annotated[int, Field(ge=0, le=5)] = 3
     batch: BatchProfile = BatchProfile()
 
-    def prepare_settings(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", include={"runtime", "precision", "tensorrt_version"})  # lint rules
+    # the lint rules are TensorRT's release's; the parser proxy builds with the batch profile
+    fuse_fields: ClassVar[tuple[str, ...]] = ("runtime", "precision", "tensorrt_version", "batch")
 
     @model_validator(mode="after")
     def _one_device(self) -> "Target":

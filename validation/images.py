@@ -16,47 +16,6 @@ from typing import Any, Iterator
 import numpy as np
 
 
-def preprocessing(colour: str, channels: int, divisor: int = 1, sizes: dict[str, list[int]] | None = None,
-                  host_extractor: str = "") -> dict[str, Any]:
-    """What a caller does to an image before the graph, for the manifest.
-
-    H and W are dynamic, in multiples of ``divisor``, within ``sizes`` min/max where the engine
-    has a shape profile. An arbitrary image is padded (preferred: keypoints need no mapping) or
-    resized to a valid size. With a ``host_extractor`` (what runs on the host instead of an
-    extractor graph) there is no image graph: any size is valid, and the matcher takes each
-    image's (width, height) in ``image_sizes``.
-    """
-    described = {"RGB": "RGB (grey repeated to 3 channels)", "L": "grey (luminance, 1 channel)"}[colour]
-    if host_extractor:
-        return {
-            "colour": described,
-            "extractor": f"on the host: {host_extractor}",
-            "size": "any H and W; no image enters a graph",
-            "image_sizes": "the matcher's image_sizes input: each image's (width, height) in pixels, float32",
-            "scale": "pixel / 255, range [0, 1] (the extractor takes image * 255 as uint8: the pixels exactly)",
-            "padding_slots": "fewer than K keypoints: the remaining slots hold keypoint (-1, -1), score 0, a zero "
-                             "descriptor and 0 for every keypoint feature; they never match",
-        }
-    return {
-        "colour": described,
-        "channels": str(channels),
-        "size": (f"H and W multiples of {divisor}" + (f", from {sizes['min']} to {sizes['max']} ([H, W]; the engine's "
-                                                         f"shape profile, optimum {sizes['opt']})" if sizes else "")),
-        "divisor": divisor,
-        "pad": (f"zero-pad the right and bottom edges up to the next multiples of {divisor} (e.g. KITTI 376x1241 -> "
-                f"{-(-376 // divisor) * divisor}x{-(-1241 // divisor) * divisor}); keypoints are in the original "
-                "image's pixels as they are; drop keypoints that fall in the padding (x >= W or y >= H)"),
-        "resize": ("or: bilinear resize to a valid H' x W'; map keypoints back with x * W / W', y * H / H' "
-                   "(pixel-centre convention: (x + 0.5) * W / W' - 0.5 if sub-pixel accuracy matters)"),
-        "dtype": "float32",
-        "scale": "pixel / 255, range [0, 1]",
-        "normalisation": "none",
-        "layout": "NCHW, pairs interleaved (2b, 2b + 1)",
-        "padding_slots": "fewer than K keypoints: the remaining slots hold keypoint (-1, -1), score 0, a zero "
-                         "descriptor; they never match",
-    }
-
-
 def prepare(image: Any, size_hw: tuple[int, int] | list[int], colour: str = "RGB") -> np.ndarray:
     """One image (PIL or numpy) -> float32 (C, H, W) in [0, 1], C = 3 for RGB and 1 for grey."""
     from PIL import Image

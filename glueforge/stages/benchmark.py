@@ -16,65 +16,82 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from glueforge.api import Bundle, run_spec
 from glueforge.bench import Budget, bench, report
-from glueforge.cache import Result
-from glueforge.stages import Job, Services, Stage
+from glueforge import registry
+from glueforge.schema import BenchmarkSettings, ExtractorSpec, MatcherSpec, TargetSpec
+from glueforge.stages import Job, Label, Services, Stage
 from validation.images import default_images
 
 log = logging.getLogger(__name__)
 BENCHMARKS = "benchmarks.json"
 
 
-def device_command(job: Job) -> str:
-    b = job.target_spec.benchmark
-    graphs = f" --graphs {','.join(b.graphs)}" if b.graphs else ""
-    return (f"glueforge bench <bundle directory>{graphs} --batch {','.join(map(str, b.batch))} --warmup 10 "
+def device_command(benchmark: BenchmarkSettings) -> str:
+    graphs = f" --graphs {','.join(benchmark.graphs)}" if benchmark.graphs else ""
+    return (f"glueforge bench <bundle directory>{graphs} --batch {','.join(map(str, benchmark.batch))} --warmup 10 "
             "--seconds 20 --json --out benchmarks.json")
+
+
+@dataclass(frozen=True)
+class BenchmarkView:
+    model: str
+    version: str
+    target_name: str
+    target: TargetSpec  # its benchmark view: everything but description, tolerances and thresholds
+    extractor: ExtractorSpec
+    matcher: Optional[MatcherSpec]
+    image_size: tuple[int, int]  # of the sample images, when unvalidated
 
 
 class Benchmark(Stage):
     name = "benchmark"
 
     def needs(self, job: Job, unvalidated: bool) -> tuple[str, ...]:
-        return ("engine", "export") if unvalidated else ("engine", "export", "validate")
+        return ("engine", "interface") if unvalidated else ("engine", "interface", "validate")
 
-    def modules(self, job: Job) -> list[str]:
+    def modules(self, job: Job, graph: str | None) -> list[str]:
         return [__name__, job.runtime.__name__]
 
-    def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        return {"benchmark": job.target_spec.benchmark.model_dump(mode="json"),
-                "runs_here": job.runtime.runs_here(job.target_spec) is None, "tools": job.runtime.versions()}
+    def view(self, services: Services, job: Job, graph: str | None) -> BenchmarkView:
+        s = job.settings
+        return BenchmarkView(job.model, services.version(job.model), job.target, job.target_spec.view("benchmark"),
+                             s.extractor, s.matcher, tuple(s.image_size))
 
-    def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
-        reason = job.runtime.runs_here(job.target_spec)
+    def tools(self, job: Job) -> dict[str, Any]:
+        return {"runs_here": job.runtime.runs_here(job.target_spec) is None, **job.runtime.versions()}
+
+    def build(self, services: Services, view: BenchmarkView, inputs: Mapping[str, Any], out: Path, label: Label) -> dict[str, Any]:
+        runtime = registry.runtime(view.target.runtime)
+        b = view.target.benchmark
+        reason = runtime.runs_here(view.target)
         if reason is not None:
             record = {"status": "not measured", "reason": f"not measured where it was built: {reason}",
-                      "command": device_command(job)}
-            log.info("benchmark %s for %s: %s", job.model, job.target, record["reason"])
+                      "command": device_command(b)}
+            log.info("benchmark %s: %s", label, record["reason"])
         else:
             engine = inputs["engine"]
-            io = json.loads(inputs["export"].file("io.json").read_text())
-            spec = run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher, model=job.model,
-                            version=services.version(job.model), target=job.target)
-            b = job.target_spec.benchmark
+            io = json.loads(inputs["interface"].file("io.json").read_text())
+            spec = run_spec(io, engine.meta, view.extractor, view.matcher, model=view.model, version=view.version,
+                            target=view.target_name)
             budget = Budget(warmup=b.warmup, runs=b.runs, seconds=b.seconds)
             with Bundle(engine.path, spec) as bundle:
-                rows = bench(bundle, b.graphs, b.batch, budget, sample_images(job, inputs))
+                rows = bench(bundle, b.graphs, b.batch, budget, sample_images(view, inputs))
                 record = report(bundle, rows, budget)
-            record["command"] = device_command(job)
+            record["command"] = device_command(b)
         (out / BENCHMARKS).write_text(json.dumps(record, indent=1))
         return {"status": record["status"]}
 
 
-def sample_images(job: Job, inputs: Mapping[str, Result]) -> list[np.ndarray]:
+def sample_images(view: BenchmarkView, inputs: Mapping[str, Any]) -> list[np.ndarray]:
     """The validation pair the validate stage recorded in its sample, else (unvalidated) the same images anew."""
     if "validate" in inputs:
         with np.load(inputs["validate"].file("sample.npz")) as sample:
             return [sample["image0"], sample["image1"]]
-    return default_images(job.settings.image_size, job.settings.extractor.colour)
+    return default_images(view.image_size, view.extractor.colour)

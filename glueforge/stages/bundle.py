@@ -14,14 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from glueforge import GlueforgeError
 from glueforge.api import run_spec
-from glueforge.cache import Result, describe_files
+from glueforge.cache import describe_files
 from glueforge.report import REPORT, bundle_report
-from glueforge.stages import Job, Services, Stage
+from glueforge.schema import ExtractorSpec, MatcherSpec, TargetSpec
+from glueforge.stages import Job, Label, Services, Stage
+from glueforge.views import payload
 from glueforge.store import MANIFEST
 
 log = logging.getLogger(__name__)
@@ -31,53 +34,66 @@ UNVALIDATED = {"passed": False, "status": "unvalidated", "measured_on": None, "t
                "reason": "published with the unvalidated=1 override; no engine output was checked"}
 
 
+@dataclass(frozen=True)
+class BundleView:
+    model: str
+    version: str
+    description: Optional[str]  # the model's
+    target_name: str
+    target: TargetSpec  # its bundle view: everything but its description (the manifest's target_settings)
+    extractor: ExtractorSpec
+    matcher: Optional[MatcherSpec]
+    provenance: dict[str, Any]  # without the git commit, which the build adds
+    unvalidated: bool
+
+
 class Bundle(Stage):
     name = "bundle"
 
     def needs(self, job: Job, unvalidated: bool) -> tuple[str, ...]:
-        return ("engine", "export", "fuse", "benchmark") + (() if unvalidated else ("validate",))
+        return ("engine", "interface", "fuse", "benchmark") + (() if unvalidated else ("validate",))
 
-    def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        return {"provenance": services.provenance(job, with_commit=False), "version": services.version(job.model),
-                "unvalidated": services.unvalidated, "description": job.spec.description}
+    def view(self, services: Services, job: Job, graph: str | None) -> BundleView:
+        return BundleView(job.model, services.version(job.model), job.spec.description, job.target,
+                          job.target_spec.view("bundle"), job.settings.extractor, job.settings.matcher,
+                          services.provenance(job, with_commit=False), services.unvalidated)
 
-    def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
-        engine, export = inputs["engine"], inputs["export"]
-        if services.unvalidated:
+    def build(self, services: Services, view: BundleView, inputs: Mapping[str, Any], out: Path, label: Label) -> dict[str, Any]:
+        engine = inputs["engine"]
+        if view.unvalidated:
             log.warning("!" * 72)
             log.warning("UNVALIDATED: %s for %s is bundled WITHOUT validation (unvalidated=1); its manifest says so",
-                        job.model, job.target)
+                        view.model, view.target_name)
             log.warning("!" * 72)
             validation = UNVALIDATED
         else:
             validation = json.loads(inputs["validate"].file("validation.json").read_text())
             shutil.copyfile(inputs["validate"].file(SAMPLE), out / SAMPLE)
-        version = services.version(job.model)
-        provenance = services.provenance(job, with_commit=True)
-        io = json.loads(export.file("io.json").read_text())
+        provenance = {**view.provenance, "git_commit": services.git_commit()}
+        io = json.loads(inputs["interface"].file("io.json").read_text())
         manifest = assemble(
             out,
-            identity={"model": job.model, "version": version, "target": job.target, "description": job.spec.description,
-                      "precision": job.target_spec.precision},
+            identity={"model": view.model, "version": view.version, "target": view.target_name,
+                      "description": view.description, "precision": view.target.precision},
             engine_dir=engine.path,
             engine_files=sorted(engine.files),
             io_spec=io,
             validation=validation,
-            run=run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher),
+            run=run_spec(io, engine.meta, view.extractor, view.matcher),
             provenance=provenance,
             benchmarks=json.loads(inputs["benchmark"].file("benchmarks.json").read_text()),
-            target_settings=job.target_spec.model_dump(mode="json", exclude={"description"}),
+            target_settings=payload(view.target),
             prepared=inputs["fuse"].meta,
-            reproduce=reproduce(job, version, provenance.get("git_commit"), engine.meta),
+            reproduce=reproduce(view, provenance.get("git_commit"), engine.meta),
         )
         return {"manifest": {k: manifest[k] for k in ("model", "version", "target", "files")}}
 
 
-def reproduce(job: Job, version: str, commit: str | None, runtime: Mapping[str, Any]) -> dict[str, str]:
+def reproduce(view: BundleView, commit: str | None, runtime: Mapping[str, Any]) -> dict[str, str]:
     """The commands that rebuild this bundle and, from its own files, its engines."""
     checkout = (commit or "<commit>").removesuffix("-dirty")
     what = "the bundle, from the project at its commit" + (" (built with uncommitted changes)" if commit and commit.endswith("-dirty") else "")
-    commands = {what: f"git checkout {checkout} && doit build target={job.target} model={job.model}"}
+    commands = {what: f"git checkout {checkout} && doit build target={view.target_name} model={view.model}"}
     for graph, engine in sorted((runtime.get("engines") or {}).items()):
         if engine.get("device_command"):
             commands[f"the {graph} engine on the device, from this bundle's {graph}.onnx"] = engine["device_command"]

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from glueforge import GlueforgeError
-from glueforge.cache import Result
-from glueforge.stages import Job, Services, Stage, tool_versions
+from glueforge.stages import Job, Label, Services, Stage, tool_versions
 
 log = logging.getLogger(__name__)
 # the symbolic shape inference of ONNX Runtime's tools, used here as a graph tool (not as a runtime)
@@ -27,15 +26,19 @@ class ShapeError(GlueforgeError):
 
 class Simplify(Stage):
     name = "simplify"
+    per_graph = True
 
     def needs(self, job: Job, unvalidated: bool) -> tuple[str, ...]:
         return ("export",)
 
-    def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        return {"tools": tool_versions("onnx", "onnxsim", SHAPE_INFERENCE.split(".")[0])}
+    def view(self, services: Services, job: Job, graph: str | None) -> str:
+        return graph  # the file name of its graph; nothing of the configuration
 
-    def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
-        return {g: simplify(inputs["export"].file(f"{g}.onnx"), out / f"{g}.onnx") for g in job.graphs}
+    def tools(self, job: Job) -> dict[str, Any]:
+        return tool_versions("onnx", "onnxsim", SHAPE_INFERENCE.split(".")[0])
+
+    def build(self, services: Services, graph: str, inputs: Mapping[str, Any], out: Path, label: Label) -> dict[str, Any]:
+        return simplify(inputs["export"].file(f"{graph}.onnx"), out / f"{graph}.onnx")
 
 
 def simplify(source: Path, dest: Path) -> dict[str, Any]:

@@ -13,75 +13,96 @@ Code identity: this module, ``validation`` and the target's runtime module.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from glueforge import registry
 from glueforge.api import Bundle, run_spec
-from glueforge.cache import Result
 from glueforge.runtime import PolygraphyGraph
-from glueforge.stages import Job, Services, Stage, tool_versions
+from glueforge.schema import ExtractorSpec, MatcherSpec, TargetSpec
+from glueforge.stages import Job, Label, Services, Stage, tool_versions
 from validation.images import default_images
 from validation.validate import ValidationFailed, homography, validate
 
 SAMPLE = "sample.npz"
 
 
+@dataclass(frozen=True)
+class ValidateView:
+    model: str
+    version: str
+    target_name: str
+    target: TargetSpec  # its validate view: everything but description and benchmark
+    graphs: tuple[str, ...]
+    extractor: ExtractorSpec
+    matcher: Optional[MatcherSpec]
+    keypoints: int
+    image_size: tuple[int, int]  # the sample's
+
+
 class Validate(Stage):
     name = "validate"
 
     def needs(self, job: Job, unvalidated: bool) -> tuple[str, ...]:
-        return ("engine", "export")  # the export holds the validation inputs, golden and reference outputs
+        return ("engine", "interface", "reference")  # the reference holds the inputs, golden and reference outputs
 
-    def modules(self, job: Job) -> list[str]:
+    def modules(self, job: Job, graph: str | None) -> list[str]:
         dense = [registry.family(job.spec.extractor.family).__name__] if job.spec.extractor.dense else []
         return [__name__, job.runtime.__name__, *dense]  # a dense extractor's decode is the family's
 
-    def settings(self, services: Services, job: Job) -> dict[str, Any]:
-        return {"target": job.target_spec.validation_settings(),
-                "tools": {**tool_versions("polygraphy", "numpy"), **job.runtime.versions()}}
+    def view(self, services: Services, job: Job, graph: str | None) -> ValidateView:
+        s = job.settings
+        return ValidateView(job.model, services.version(job.model), job.target, job.target_spec.view("validate"),
+                            tuple(s.graphs), s.extractor, s.matcher, s.keypoints, tuple(s.image_size))
 
-    def build(self, services: Services, job: Job, inputs: Mapping[str, Result], out: Path) -> dict[str, Any]:
+    def tools(self, job: Job) -> dict[str, Any]:
+        return {**tool_versions("polygraphy", "numpy"), **job.runtime.versions()}
+
+    def build(self, services: Services, view: ValidateView, inputs: Mapping[str, Any], out: Path, label: Label) -> dict[str, Any]:
+        runtime = registry.runtime(view.target.runtime)
         engine = inputs["engine"].path
-        runners = {g: (lambda name, g=g: job.runtime.runner(engine, g, name)) for g in job.graphs}
-        x, k = job.settings.extractor, job.settings.keypoints
+        runners = {g: (lambda name, g=g: runtime.runner(engine, g, name)) for g in view.graphs}
+        x, k = view.extractor, view.keypoints
         decode = (lambda outputs: registry.family(x.family).decode(x, outputs, k)) if x.dense else None
-        report = validate(runners, inputs["export"].path, job.target, job.target_spec, decode)
-        report["measured_with"] = job.runtime.measured_with
+        reference = inputs["reference"].path
+        report = validate(runners, reference, view.target_name, view.target, decode)
+        report["measured_with"] = runtime.measured_with
         if not report["passed"]:
             failed = {f"{g}@{size}": {**{k: v for k, v in r["checks"].items() if not v},
                                       **{k: v for k, v in r["outputs"].items() if not v["passed"]}}
                       for g, per_graph in report["graphs"].items() for size, r in per_graph["sizes"].items()
                       if not r["passed"]}
-            raise ValidationFailed(f"{job.model} on {job.target}: validation failed: {json.dumps(failed, default=str)}")
-        with self.sample_bundle(services, job, inputs) as bundle:
-            report["homography"] = h = homography(bundle, inputs["export"].path, job.target_spec)
+            raise ValidationFailed(f"{view.model} on {view.target_name}: validation failed: {json.dumps(failed, default=str)}")
+        with self.sample_bundle(view, inputs) as bundle:
+            report["homography"] = h = homography(bundle, reference, view.target)
             if not h["passed"]:
-                raise ValidationFailed(f"{job.model} on {job.target}: the homography gate failed: engine AUC@3px "
+                raise ValidationFailed(f"{view.model} on {view.target_name}: the homography gate failed: engine AUC@3px "
                                        f"{h['engine']['auc@3px']:.3f} < reference {h['reference']['auc@3px']:.3f} - "
                                        f"margin {h['margin']:g} ({h['warps']} warps; {h['estimator']})")
-            sample = record_sample(bundle, job)
+            sample = record_sample(bundle, view)
         (out / "validation.json").write_text(json.dumps(report, indent=1))
         np.savez_compressed(out / SAMPLE, **sample)
         return {"passed": True}
 
     @staticmethod
-    def sample_bundle(services: Services, job: Job, inputs: Mapping[str, Result]) -> Bundle:
+    def sample_bundle(view: ValidateView, inputs: Mapping[str, Any]) -> Bundle:
         """The engine as the runtime API runs it, through the runner validation used (``measured_with``)."""
+        runtime = registry.runtime(view.target.runtime)
         engine = inputs["engine"]
-        io = json.loads(inputs["export"].file("io.json").read_text())
-        spec = run_spec(io, engine.meta, job.settings.extractor, job.settings.matcher, model=job.model,
-                        version=services.version(job.model), target=job.target)
-        return Bundle(engine.path, spec, runners=lambda g: PolygraphyGraph(job.runtime.runner(engine.path, g, f"sample:{g}")))
+        io = json.loads(inputs["interface"].file("io.json").read_text())
+        spec = run_spec(io, engine.meta, view.extractor, view.matcher, model=view.model, version=view.version,
+                        target=view.target_name)
+        return Bundle(engine.path, spec, runners=lambda g: PolygraphyGraph(runtime.runner(engine.path, g, f"sample:{g}")))
 
 
-def record_sample(bundle: Bundle, job: Job) -> dict[str, np.ndarray]:
+def record_sample(bundle: Bundle, view: ValidateView) -> dict[str, np.ndarray]:
     """``sample.npz``: the validation pair as a caller passes it (uint8, the family's colour, the export's image
     size) and what the runtime API returned on it: per image ``keypoints<i>``, ``scores<i>``, ``descriptors<i>``
     where returned; with a matcher, ``matches`` and ``mscores`` of ``match_pair``."""
-    images = default_images(job.settings.image_size, job.settings.extractor.colour)
+    images = default_images(view.image_size, view.extractor.colour)
     sample: dict[str, np.ndarray] = {"image0": images[0], "image1": images[1]}
     if bundle.has_matcher:
         pair = bundle.match_pair(images[0], images[1])
