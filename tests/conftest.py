@@ -121,7 +121,8 @@ def built(tmp_path_factory, download_cache, remote_cache) -> Path:
     project = clone_project(tmp_path_factory.mktemp("project"))
     start = time.monotonic()
     proc, executed, _ = doit(project, "build", "target=cpu", SELECT, env=remote_cache)
-    (project / "cold_build_seconds").write_text(f"{time.monotonic() - start:.1f}")
+    (project.parent / "cold_build_seconds").write_text(f"{time.monotonic() - start:.1f}")
+    (project.parent / "build-cpu.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     for stage in ("export", "simplify", "engine", "validate", "bundle"):
         for model in MODELS:
@@ -141,13 +142,14 @@ def openvino_built(built) -> Path:
 
 
 @pytest.fixture(scope="session")
-def rtx_built(tmp_path_factory, download_cache) -> Path:
-    """Real TensorRT-RTX engines of every model for both RTX targets (test_tensorrt_rtx, test_report,
-    test_tensorrt_runners)."""
-    project = clone_project(tmp_path_factory.mktemp("rtx"))
+def rtx_built(built) -> Path:
+    """Real TensorRT-RTX engines of every model for both RTX targets, built in clone A after its cpu build, so that
+    they share the graphs and references whose views are equal (test_tensorrt_rtx, test_report,
+    test_tensorrt_runners, test_build's step list). Each build's log is kept beside the project."""
     for target in RTX_TARGETS:
-        proc, executed, _ = doit(project, "build", f"target={target}", "model=" + ",".join(RTX_MODELS[target]))
+        proc, executed, _ = doit(built, "build", f"target={target}", "model=" + ",".join(RTX_MODELS[target]))
+        (built.parent / f"build-{target}.log").write_text(proc.stdout + proc.stderr)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         for model in RTX_MODELS[target]:
             assert f"engine:{target}:{model}" in executed
-    return project
+    return built

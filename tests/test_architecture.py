@@ -45,8 +45,10 @@ import json, sys
 from glueforge.identity import code_digests
 from glueforge.pipeline import STAGES, Pipeline
 pipeline = Pipeline.load()
-print(json.dumps({f"{stage}:{target}:{model}": code_digests(STAGES[stage].modules(pipeline.job(model, target)))
-                  for stage in STAGES for model in sys.argv[1].split(",") for target in sys.argv[2].split(",")}))
+print(json.dumps({f"{stage}:{target}:{model}" + (f"/{graph}" if graph else ""):
+                      code_digests(STAGES[stage].modules(pipeline.job(model, target), graph))
+                  for stage in STAGES for model in sys.argv[1].split(",") for target in sys.argv[2].split(",")
+                  for graph in pipeline.graphs(stage, model, target)}))
 """
 
 
@@ -78,15 +80,26 @@ def _changed_after_editing(project: Path, before, module: str) -> set[str]:
     return {job for job in before if before[job] != after[job]}
 
 
-def _jobs(stages, models=MODELS, targets=TARGETS) -> set[str]:
-    return {f"{s}:{t}:{m}" for s in stages for m in models for t in targets}
+def _graphs(model: str) -> list[str]:
+    from glueforge.config import Config
+
+    return Config.load(REPO / "models.yaml").model(model).graphs
+
+
+def _jobs(stages, models=MODELS, targets=TARGETS, graphs=None) -> set[str]:
+    """Step names as _identities writes them; a per-graph stage's (export, simplify) one per graph of the model,
+    or only those in ``graphs``."""
+    per_graph = {"export", "simplify"}
+    return {f"{s}:{t}:{m}" + (f"/{g}" if s in per_graph else "") for s in stages for m in models for t in targets
+            for g in (_graphs(m) if s in per_graph else [None]) if s not in per_graph or graphs is None or g in graphs}
 
 
 @pytest.mark.parametrize("module, expected", [
-    # a family: the exports of the models that use it, and nothing else
-    ("exporters/disk.py", _jobs(["export"], ["disk_lightglue"])),
-    ("exporters/lightglue.py", _jobs(["export"], MATCHED)),  # not the extractor-only models
-    ("patches/xfeat_tensor_forward.py", _jobs(["export"], ["xfeat_lighterglue"])),
+    # a family: the graphs and references of the models that use it, and nothing else
+    ("exporters/disk.py", _jobs(["export", "reference"], ["disk_lightglue"])),
+    # a matcher family: the graphs that hold the matcher, not the extractor graph, nor the extractor-only models
+    ("exporters/lightglue.py", _jobs(["export"], MATCHED, graphs=("end2end", "matcher")) | _jobs(["reference"], MATCHED)),
+    ("patches/xfeat_tensor_forward.py", _jobs(["export", "reference"], ["xfeat_lighterglue"])),
     # a runtime: the stages of its targets that run it
     ("runtimes/onnxruntime.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["cpu"])),
     ("runtimes/openvino.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["openvino"])),
@@ -97,6 +110,9 @@ def _jobs(stages, models=MODELS, targets=TARGETS) -> set[str]:
     ("validation/metrics.py", _jobs(["validate"])),
     ("glueforge/bench.py", _jobs(["benchmark"])),
     ("glueforge/report.py", _jobs(["bundle"])),
+    # validation's data and the homography evaluation: references and validation, never a graph or an engine
+    ("glueforge/homography.py", _jobs(["reference", "validate"])),
+    ("validation/images.py", _jobs(["reference", "validate", "benchmark"])),
     # the runtime API: what validation records in the sample, the benchmark, and the manifest's run fields
     ("glueforge/api.py", _jobs(["validate", "benchmark", "bundle"])),
     # modules no stage uses: nothing

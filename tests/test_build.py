@@ -48,7 +48,7 @@ def test_bundles_have_verified_manifests(built):
 
 
 def test_second_clone_takes_every_stage_from_the_remote_cache(built, tmp_path, remote_cache):
-    cold = float((built / "cold_build_seconds").read_text())
+    cold = float((built.parent / "cold_build_seconds").read_text())
     clone_b = clone_project(tmp_path / "clone_b")
     start = time.monotonic()
     proc, executed, skipped = doit(clone_b, "build", "target=cpu", SELECT, env=remote_cache)

@@ -91,7 +91,7 @@ def _damaged(bundle_dir, out):
 def test_the_gate_fails_on_a_damaged_engine(openvino_built, tmp_path):
     model = "aliked_lightglue"
     pipeline = Pipeline.load(openvino_built)
-    export_dir = pipeline.cached("export", model, "cpu").path
+    export_dir = pipeline.cached("reference", model, "cpu").path
     target = pipeline.config.target("cpu")
     bundle_dir = openvino_built / "artifacts/store" / model / VERSIONS[model] / "cpu"
     with glueforge.open(bundle_dir) as intact:

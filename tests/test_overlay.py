@@ -220,9 +220,9 @@ def test_first_use_records_then_enforces(base, project, tmp_path, no_backoff):
     # before the first fetch there is no digest: the export's key cannot be computed, and says why
     assert not pipeline.fetched("team_aliked")
     with pytest.raises(MissingInput) as info:
-        pipeline.key("export", "team_aliked", "cpu")
+        pipeline.key("export", "team_aliked", "cpu", "extractor")
     assert "team_aliked" in str(info.value) and "trust: first-use" in str(info.value) and str(lock) in str(info.value)
-    assert pipeline.cached("export", "team_aliked", "cpu") is None
+    assert pipeline.cached("export", "team_aliked", "cpu", "extractor") is None
     export_deps = next(t for t in Plan(pipeline, "cpu", "team_aliked").stage_tasks("export"))["task_dep"]
     assert sorted(export_deps) == ["fetch:team_aliked", "fetch:team_lightglue"]
 
@@ -239,7 +239,8 @@ def test_first_use_records_then_enforces(base, project, tmp_path, no_backoff):
 
     # action keys and the manifest's provenance use the recorded digest
     job = pipeline.job("team_aliked", "cpu")
-    assert Export().settings(pipeline, job)["weights"] == {"extractor": digest, "matcher": matcher_digest}
+    assert {role: ref.sha256 for role, ref in Export().view(pipeline, job, "end2end").weights.items()} == \
+        {"extractor": digest, "matcher": matcher_digest}
     provenance = pipeline.provenance(job, with_commit=False)
     assert provenance["weights"]["extractor"]["name"] == "team_aliked"
     assert provenance["weights"]["extractor"]["sha256"] == digest

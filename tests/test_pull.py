@@ -89,7 +89,7 @@ p = Pipeline.load()
 keys = {}
 for m in p.config.project.models:
     try:
-        keys[m] = p.key("export", m, "orin_nano")
+        keys[m] = [p.key("export", m, "orin_nano", g) for g in p.graphs("export", m, "orin_nano")]
     except MissingInput:  # a first-use weight never fetched here: no digest, no key (test_overlay covers it)
         pass
 print(json.dumps(keys))
@@ -101,4 +101,5 @@ print(json.dumps(keys))
     pipeline = Pipeline.load(REPO)
     keys = json.loads(without.stdout)
     assert set(MODELS) | {"superpoint_lightglue", "superpoint_dense"} <= set(keys)  # every weight with a digest
-    assert keys == {m: pipeline.key("export", m, "orin_nano") for m in keys}
+    assert keys == {m: [pipeline.key("export", m, "orin_nano", g) for g in pipeline.graphs("export", m, "orin_nano")]
+                    for m in keys}
