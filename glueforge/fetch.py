@@ -185,10 +185,26 @@ def describe(source: Source) -> str:
     return source.s3
 
 
+BACKOFF_ENV = "GLUEFORGE_FETCH_BACKOFF"
+
+
+def backoff_factor() -> float:
+    """urllib3's backoff factor between the retries of an https download: 0.5 s, doubling; $GLUEFORGE_FETCH_BACKOFF
+    sets it (0: retry at once, as the tests of unreachable sources do)."""
+    value = os.environ.get(BACKOFF_ENV, "0.5")
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = -1.0
+    if not factor >= 0:
+        raise GlueforgeError(f"${BACKOFF_ENV}={value!r}: give the seconds of the first back-off, a number >= 0")
+    return factor
+
+
 def _https(source: HttpsSource, out: BinaryIO, cache_dir: Path, root: Path) -> None:
     import urllib3
 
-    retries = urllib3.Retry(total=4, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504))
+    retries = urllib3.Retry(total=4, backoff_factor=backoff_factor(), status_forcelist=(429, 500, 502, 503, 504))
     http = urllib3.PoolManager(retries=retries, timeout=urllib3.Timeout(connect=10, read=60))
     # identity: Content-Length then counts the bytes we store, not a compressed transfer
     response = http.request("GET", source.https, preload_content=False, headers={"Accept-Encoding": "identity"})

@@ -10,6 +10,16 @@ import pytest
 from tests.project import MODELS, REPO, RTX_MODELS, RTX_TARGETS, SELECT, clone_project, doit
 
 
+# fixtures that build real bundles: a test that uses one is slow (`pytest -m "not slow"` is the inner loop)
+BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BUILDING & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def download_cache() -> Path:
     """Weights are shared between copies of the project; fetching them is tested once per cache."""

@@ -29,9 +29,10 @@ MODEL = "aliked_lightglue"
 
 
 @pytest.fixture(scope="module")
-def fused(tmp_path_factory, download_cache) -> Path:
-    """A project copy where the ONNX stages of orin_nano ran and the engine stage failed."""
-    project = clone_project(tmp_path_factory.mktemp("orin"))
+def fused(tmp_path_factory, rtx_built) -> Path:
+    """A project copy where the ONNX stages of orin_nano ran and the engine stage failed. It starts from the
+    artifacts of the rtx build (hard links), whose graphs have the same views as orin_nano's: only fuse runs."""
+    project = clone_project(tmp_path_factory.mktemp("orin"), artifacts_from=rtx_built)
     env_path = os.environ.get("PATH", "")
     assert "trtexec" not in env_path
     proc, executed, _ = doit(project, "build", "target=orin_nano", f"model={MODEL}")
@@ -41,8 +42,9 @@ def fused(tmp_path_factory, download_cache) -> Path:
 
 def test_orin_nano_builds_to_fused_onnx_then_says_what_is_missing(fused):
     log = (fused / "orin_build.log").read_text()
-    for stage in ("export", "simplify", "fuse"):
-        assert f".  {stage}:orin_nano:{MODEL}" in log
+    for stage in ("export", "simplify"):  # the graphs of rtx's build: the same views (K, the dense match form)
+        assert f"-- {stage}:orin_nano:{MODEL}" in log
+    assert f".  fuse:orin_nano:{MODEL}" in log and "tracing" not in log
     assert "TaskFailed - taskid:engine:orin_nano" in log
     assert "needs TensorRT 10.3 for compute capability 8.7" in log and "no trtexec" in log
     assert "doit build target=orin_nano" in log
@@ -52,7 +54,9 @@ def test_orin_nano_builds_to_fused_onnx_then_says_what_is_missing(fused):
         onnx_path = fused / command.split()[1].removeprefix("--onnx=")
         assert onnx_path.is_file() and "artifacts/cas/fuse/" in str(onnx_path)
         assert "--fp16" in command and "--skipInference" in command and "--minShapes=" in command
-    assert not (fused / "artifacts/cas/engine").exists() or not any((fused / "artifacts/cas/engine").iterdir())
+    from glueforge.pipeline import Pipeline
+
+    assert Pipeline.load(fused).cached("engine", MODEL, "orin_nano") is None
     assert not (fused / "artifacts/store" / MODEL / "0.2.0" / "orin_nano").exists()
 
 
@@ -62,8 +66,18 @@ def test_stopping_after_the_onnx_stages_on_purpose(fused):
     assert executed == [] and f"fuse:orin_nano:{MODEL}" in skipped
 
 
+def _result(fused: Path, stage: str, target: str = "orin_nano"):
+    """The cached result of ``stage`` for MODEL on ``target`` in the fused project (its artifacts hold other
+    targets' too)."""
+    from glueforge.pipeline import Pipeline
+
+    result = Pipeline.load(fused).cached(stage, MODEL, target)
+    assert result is not None, f"{stage} of {MODEL} for {target} is not cached"
+    return result
+
+
 def test_tensorrt_graphs_have_no_onnxruntime_ops_and_dense_outputs(fused):
-    graphs = list((fused / "artifacts/cas/fuse").glob("*/*.onnx"))
+    graphs = list(_result(fused, "fuse").path.glob("*.onnx"))
     assert len(graphs) == 3
     for path in graphs:
         model = onnx.load(str(path), load_external_data=False)
@@ -112,7 +126,7 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
             assert flags["--minShapes"] == f"images:{1 if graph == 'extractor' else 2}x3x256x320"
             assert flags["--optShapes"] == "images:2x3x480x640"
             assert flags["--maxShapes"] == "images:4x3x768x1280"
-    engines = list((fused / "artifacts/cas/engine").glob("*/*.engine"))
+    engines = list(_result(fused, "engine").path.glob("*.engine"))
     assert {e.stem for e in engines} == {"end2end", "extractor", "matcher"}
     assert all(json.loads(e.read_text())["stand_in_engine"] for e in engines)
     assert list((fused / "artifacts/timing-cache").glob("sm87-trt10.3.0-*.cache"))
@@ -195,10 +209,10 @@ def test_python_builder_path_with_stand_in(fused):
     proc, executed, _ = _engine(fused, env, target="agx_orin")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert executed == [f"engine:agx_orin:{MODEL}"]
-    result = next(p for p in (fused / "artifacts/cas/engine").glob("*/result.json") if json.loads(p.read_text())["meta"].get("builder") == "python")
+    result = _result(fused, "engine", "agx_orin").path / "result.json"
     meta = json.loads(result.read_text())["meta"]
-    assert meta["tensorrt"] == "10.3.0.30" and meta["compute_capability"] == ["8.7"]
-    fused_meta = json.loads(next((fused / "artifacts/cas/fuse").glob("*/result.json")).read_text())["meta"]
+    assert meta["builder"] == "python" and meta["tensorrt"] == "10.3.0.30" and meta["compute_capability"] == ["8.7"]
+    fused_meta = _result(fused, "fuse", "agx_orin").meta
     for graph in ("end2end", "extractor", "matcher"):
         record = json.loads((result.parent / f"{graph}.engine").read_text())
         assert sorted(record["flags"]) == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
