@@ -9,6 +9,9 @@ import pytest
 
 from tests.project import MODELS, REPO, RTX_MODELS, RTX_TARGETS, SELECT, clone_project, doit
 
+# every build the tests run times its bundles with few runs (tests/ci.yaml); set before any test starts a build
+os.environ.setdefault("GLUEFORGE_CONFIG", str(REPO / "tests" / "ci.yaml"))
+
 
 # fixtures that build real bundles: a test that uses one is slow (`pytest -m "not slow"` is the inner loop)
 BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh"}

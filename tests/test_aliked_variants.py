@@ -1,6 +1,7 @@
 """ALIKED t16, n16rot and n32 as standalone extractors: the exported ONNX graph against kornia, real weights.
 
-Each variant is exported once per K (1000 and 2000) with dynamic H and W, and that one graph
+Each variant's extractor graph at K 2000 is the one the cpu build traced (its export step); at K 1000 it
+is traced here. Either graph, with dynamic H and W,
 runs in onnxruntime at both sizes the users run: TUM's 640x480 frames, and KITTI's 1241x376
 frames zero-padded to 1248x384 (multiples of 32, the manifest's ``pad``). kornia's ALIKED with
 the same variant, weights, K and padded image is the reference. The bundles (cpu, openvino,
@@ -20,6 +21,7 @@ import torch
 from glueforge.config import Config
 from glueforge.fetch import fetch
 from glueforge.graphs import Models, graph_io
+from glueforge.pipeline import Pipeline
 from validation.images import load_padded
 from validation.metrics import pair_metrics
 
@@ -45,7 +47,7 @@ def sequences() -> dict[str, list[np.ndarray]]:
 
 @pytest.mark.parametrize("keypoints", [1000, 2000])
 @pytest.mark.parametrize("model", VARIANTS)
-def test_exported_variant_matches_kornia_at_tum_and_kitti_sizes(model, keypoints, sequences, download_cache, tmp_path):
+def test_exported_variant_matches_kornia_at_tum_and_kitti_sizes(model, keypoints, sequences, built, download_cache, tmp_path):
     import onnxruntime as ort
 
     config = Config.load(REPO / "models.yaml")
@@ -56,13 +58,19 @@ def test_exported_variant_matches_kornia_at_tum_and_kitti_sizes(model, keypoints
     models = Models(settings, {"extractor": fetch(weight, config.project.weights[weight], download_cache, REPO)})
     ins, outs = graph_io("extractor", settings, models.channels, models.descriptor_dim)
     assert outs[2].shape == ("N", keypoints, 64 if model == "aliked_t16" else 128)
-    onnx_path = tmp_path / "extractor.onnx"
-    example = torch.from_numpy(sequences["tum"][0][None])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(models.graph("extractor"), (example,), str(onnx_path), dynamo=False, opset_version=17,
-                          input_names=[t.name for t in ins], output_names=[t.name for t in outs],
-                          dynamic_axes={t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in ins + outs})
+    if keypoints == config.export_settings(model, "cpu").keypoints:  # the graph the cpu build traced (its export step)
+        exported = Pipeline.load(built).cached("export", model, "cpu", "extractor")
+        assert exported is not None, f"the cpu build has no export step of {model}'s extractor"
+        onnx_path = exported.file("extractor.onnx")
+    else:  # another K: traced here
+        onnx_path = tmp_path / "extractor.onnx"
+        example = torch.from_numpy(sequences["tum"][0][None])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(models.graph("extractor"), (example,), str(onnx_path), dynamo=False, opset_version=17,
+                              input_names=[t.name for t in ins], output_names=[t.name for t in outs],
+                              dynamic_axes={t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                                            for t in ins + outs})
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst: dict[str, dict[str, float]] = {}
     for sequence, images in sequences.items():

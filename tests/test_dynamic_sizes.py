@@ -1,7 +1,7 @@
 """Dynamic H and W: one exported extractor graph runs at every valid size and equals PyTorch there.
 
-Each family's extractor is traced at models.yaml's ``image_size`` (480x640) and run in
-onnxruntime at 480x640, at KITTI's 376x1241 frame zero-padded to the family's divisor, and at a
+Each family's extractor graph, as the cpu build traced it (at models.yaml's ``image_size``, 480x640,
+from a synthetic example: ``glueforge.stages.export.trace_images``), runs in onnxruntime at 480x640, at KITTI's 376x1241 frame zero-padded to the family's divisor, and at a
 small 256x320; the patched PyTorch module at the same size is the reference. A graph with the
 trace's size frozen into it (a ``torch.tensor([w, h])`` constant) fails here: its keypoints or
 descriptors come out wrong at the other sizes. ALIKED's variants are checked against kornia at
@@ -11,7 +11,6 @@ both sizes in test_aliked_variants; SuperPoint in test_superpoint.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import torch
 from glueforge.config import Config
 from glueforge.fetch import fetch
 from glueforge.graphs import Models, graph_io
+from glueforge.pipeline import Pipeline
 from validation.images import load, load_padded
 from validation.metrics import mutual_nearest
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @pytest.mark.parametrize("model", ["aliked_lightglue", "disk_lightglue", "xfeat_lighterglue"])
-def test_extractor_graph_runs_at_every_size(model, download_cache, tmp_path):
+def test_extractor_graph_runs_at_every_size(model, built, download_cache):
     import onnxruntime as ort
 
     config = Config.load(REPO / "models.yaml")
@@ -46,13 +46,10 @@ def test_extractor_graph_runs_at_every_size(model, download_cache, tmp_path):
     photo = SHARED_DATA / "pairs" / "sacre_coeur1.jpg"
     images = {"480x640": load(photo, (480, 640), x.colour), "256x320": load(photo, (256, 320), x.colour),
               "kitti padded": load_padded(frame, x.divisor, x.colour)}
-    path = tmp_path / "extractor.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(models.graph("extractor"), (torch.from_numpy(images["480x640"][None]),), str(path), dynamo=False,
-                          opset_version=17, input_names=[t.name for t in ins], output_names=[t.name for t in outs],
-                          dynamic_axes={t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in ins + outs})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # the extractor graph exactly as the cpu build traced it (its export step, before simplification)
+    exported = Pipeline.load(built).cached("export", model, "cpu", "extractor")
+    assert exported is not None, f"the cpu build has no export step of {model}'s extractor"
+    session = ort.InferenceSession(str(exported.file("extractor.onnx")), providers=["CPUExecutionProvider"])
     for name, image in images.items():
         assert image.shape[1] % x.divisor == 0 and image.shape[2] % x.divisor == 0
         keypoints, scores, descriptors = session.run(None, {"images": image[None]})

@@ -58,8 +58,9 @@ def test_workflow_commands_exist_in_the_project():
                     extra = re.search(r"\[(\w+)\]", cmd[-1])
                     assert extra and extra.group(1) in extras, cmd
                 elif cmd[0] == "doit":
-                    assert cmd[1] in tasks, cmd
-                    variables = dict(arg.split("=", 1) for arg in cmd[2:])
+                    names = [arg for arg in cmd[1:] if "=" not in arg]  # doit runs several tasks in one call
+                    assert names and set(names) <= tasks, cmd
+                    variables = dict(arg.split("=", 1) for arg in cmd[1:] if "=" in arg)
                     config.target(variables["target"])  # raises for an unknown target
                     assert set(variables) <= {"target", "model", "version", "store", "endpoint", "channel", "unvalidated"}
                 elif cmd[0] == "glueforge":
