@@ -242,6 +242,7 @@ def _parity(model: str, target: str, data: Path) -> str:
     from validation.parity import bundle_parity, table
 
     pipeline = Pipeline.load(Path.cwd()) if (Path.cwd() / "models.yaml").is_file() else Pipeline.load()
+    pipeline.hold()  # it may build: one build at a time per checkout
     bundle = pipeline.result("bundle", model, target).path
     job = pipeline.job(model, target)
     weights = {role: pipeline.fetch(name) for role, name in job.weight_names().items()}

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.project import MODELS, REPO, RTX_MODELS, RTX_TARGETS, SELECT, clone_project, doit
+from tests.background import Chain
+from tests.project import MODELS, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE, clone_project, doit
 
 # every build the tests run times its bundles with few runs (tests/ci.yaml); set before any test starts a build
 os.environ.setdefault("GLUEFORGE_CONFIG", str(REPO / "tests" / "ci.yaml"))
+# weights are shared by every copy of the project the tests make (the download_cache fixture), the background chains too
+os.environ.setdefault("GLUEFORGE_DOWNLOAD_CACHE", str(REPO / "artifacts" / "downloads"))
 
 
 # fixtures that build real bundles: a test that uses one is slow (`pytest -m "not slow"` is the inner loop)
@@ -21,6 +26,54 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if BUILDING & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+
+
+CHAINS: dict[str, Chain] = {}  # build chains running beside the session (tests/background.py)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    if any("seeded" in item.fixturenames for item in session.items):
+        CHAINS["seeded"] = Chain("seeded", seeded_chain(Path(tempfile.mkdtemp(prefix="glueforge-seeded-"))))
+
+
+def pytest_sessionfinish(session):
+    for chain in CHAINS.values():
+        chain.stop()
+
+
+def seeded_chain(root: Path):
+    """The seeded project's builds (tests/test_seeded_models.py): cpu, openvino and rtx bundles of the four models
+    whose real weights are unreachable here, on seeded weights (tests/seeded.py), then orin_nano's ONNX stages."""
+    from tests.seeded import write_overlay, write_weights
+
+    def steps(doit_in):
+        project = clone_project(root / "project")
+        overlay = write_overlay(root / "team.yaml", write_weights(root / "weights"), models=UNREACHABLE)
+        config = f"config={overlay},{REPO / 'tests' / 'ci.yaml'}"  # the team's overlay, then the tests' benchmark
+        select = "model=" + ",".join(UNREACHABLE)
+        builds = {target: doit_in(project, "build", f"target={target}", config, select) for target in ("cpu", "openvino", "rtx")}
+        builds["orin_nano"] = doit_in(project, "fuse", "target=orin_nano", config, select)
+        return Seeded(project, overlay, builds)
+
+    return steps
+
+
+@dataclass(frozen=True)
+class Seeded:
+    project: Path
+    overlay: Path
+    builds: dict  # target -> (process, executed, up to date), as tests.project.doit returns
+
+
+@pytest.fixture(scope="session")
+def seeded() -> Seeded:
+    """The seeded project after its build chain (started when the session was collected)."""
+    if "seeded" not in CHAINS:
+        CHAINS["seeded"] = Chain("seeded", seeded_chain(Path(tempfile.mkdtemp(prefix="glueforge-seeded-"))))
+    return CHAINS["seeded"].result()
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,11 @@ def doit(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[
     pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(project)) if p)
     proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, capture_output=True, text=True,
                           env={**os.environ, **(env or {}), "PYTHONPATH": pythonpath})
+    return parse_doit(proc)
+
+
+def parse_doit(proc: subprocess.CompletedProcess) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
+    """The process, the tasks doit executed and those it found up to date."""
     executed = re.findall(r"^\.  (\S+)", proc.stdout, re.M)
     skipped = re.findall(r"^-- (\S+)", proc.stdout, re.M)
     return proc, executed, skipped

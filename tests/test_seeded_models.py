@@ -3,7 +3,8 @@
 Their real weights are on GitHub, which this machine and CI cannot reach (the build fails at
 fetch without an overlay: tests/test_build.py::test_every_model_builds_where_its_weights_are_reachable).
 Here an overlay (``config=``) declares seeded random weights in the upstream layouts
-(tests/seeded.py) by their sha256, and the models build as a user's would:
+(tests/seeded.py) by their sha256, and the models build as a user's would, in a chain of builds that
+runs beside the rest of the session (tests/conftest.py ``seeded``, tests/background.py):
 
 - ``cpu``, ``openvino`` and ``rtx`` bundles build and validate: every graph at every validated
   size against the family's unpatched PyTorch module, with nonzero matches for the matched models;
@@ -23,19 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.project import UNREACHABLE, VERSIONS, clone_project, doit
-from tests.seeded import write_overlay, write_weights
+from tests.project import UNREACHABLE, VERSIONS
 
 MATCHED = ("superpoint_lightglue", "sift_lightglue")
-SELECT = "model=" + ",".join(UNREACHABLE)
-
-
-@pytest.fixture(scope="module")
-def seeded(tmp_path_factory, download_cache) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("seeded")
-    project = clone_project(root / "project")
-    overlay = write_overlay(root / "team.yaml", write_weights(root / "weights"), models=UNREACHABLE)
-    return project, overlay
 
 
 def _manifest(project: Path, model: str, target: str) -> dict:
@@ -44,8 +35,8 @@ def _manifest(project: Path, model: str, target: str) -> dict:
 
 @pytest.mark.parametrize("target", ["cpu", "openvino", "rtx"])
 def test_seeded_models_build_and_validate(seeded, target):
-    project, overlay = seeded
-    proc, executed, _ = doit(project, "build", f"target={target}", f"config={overlay}", SELECT)
+    project = seeded.project
+    proc, executed, _ = seeded.builds[target]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert {f"bundle:{target}:{m}" for m in UNREACHABLE} <= set(executed)
     for model in UNREACHABLE:
@@ -75,8 +66,7 @@ def test_seeded_models_build_and_validate(seeded, target):
 
 
 def test_seeded_models_reach_the_onnx_stages_for_orin_nano(seeded):
-    project, overlay = seeded
-    proc, executed, skipped = doit(project, "fuse", "target=orin_nano", f"config={overlay}", SELECT)
+    proc, executed, skipped = seeded.builds["orin_nano"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert {f"fuse:orin_nano:{m}" for m in UNREACHABLE} <= set(executed)
     # one fused graph per graph of each model (3 + 1 + 1 + 1), each through the TensorRT lint without a warning
@@ -92,7 +82,7 @@ def test_seeded_models_survive_degenerate_inputs(seeded, target):
     import glueforge
     from tests.degenerate import half, measured_bundle, problems
 
-    project, _ = seeded
+    project = seeded.project
     for model in UNREACHABLE:
         directory = project / "artifacts/store" / model / VERSIONS[model] / target
         with (measured_bundle(directory) if target == "rtx" else glueforge.open(directory)) as bundle:
