@@ -192,7 +192,7 @@ class Pipeline:
         """The action key of one step (module docstring). Raises MissingInput while an input is not built."""
         memo = (stage, model, target, graph)
         if memo not in self._keys:
-            job, s = self.job(model, target), STAGES[stage]
+            job = self.job(model, target)
             self._keys[memo] = action_key(stage, {
                 **self.own_key(stage, model, target, graph),
                 "inputs": {n: self._input(n, model, target, graph).digests() for n in self.needs(stage, job)},

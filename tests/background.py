@@ -1,10 +1,11 @@
-"""Build chains that run beside the test session, for projects that share nothing with the others.
+"""Build chains that run beside the test session.
 
-The tests' builds are chains: clone A's cpu, openvino, rtx and orin_nano builds reuse each other's
-steps, so they run one after the other; the seeded project (tests/test_seeded_models.py) shares
-nothing with them. A build uses about 1.3 of the 2 cores on average (tracing and onnxsim are mostly
-single-threaded), so the seeded chain starts in a thread when the session collects a test that needs
-it, and runs beside clone A's chain; the tests read its results when they get to them.
+A doit build uses about 1.3 of the 2 cores on average (tracing, onnxsim and the TensorRT-RTX
+builder are mostly single-threaded; measured: 30.4 s of CPU in 22.8 s for xfeat's cpu build), and
+the whole suite run one step after another kept 1.44 cores busy (50 min of CPU in 35 min). So the
+session's builds run in threads (tests/conftest.py), each as soon as what it builds on is built,
+beside each other and beside the tests that build nothing, which run first; a test that needs a
+build waits for its chain and reads its results.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Chain:
         self._thread = threading.Thread(target=self._run, name=f"chain-{name}", daemon=True)
         self._thread.start()
 
-    def _doit(self, project: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
+    def _doit(self, project: Path, *args: str, env: dict[str, str] | None = None):
         from tests.project import parse_doit
 
         if self._stopped:
@@ -38,7 +39,7 @@ class Chain:
         pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(project)) if p)
         self._process = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project, text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env={**os.environ, "PYTHONPATH": pythonpath})
+                                         env={**os.environ, **(env or {}), "PYTHONPATH": pythonpath})
         stdout, stderr = self._process.communicate()
         proc = subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
         return parse_doit(proc)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.background import Chain
-from tests.project import MODELS, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE, clone_project, doit
+from tests.project import MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE, clone_project
 
 # every build the tests run times its bundles with few runs (tests/ci.yaml); set before any test starts a build
 os.environ.setdefault("GLUEFORGE_CONFIG", str(REPO / "tests" / "ci.yaml"))
@@ -23,25 +24,121 @@ BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh"}
 
 
 def pytest_collection_modifyitems(config, items):
+    """Mark the tests that build as slow, and run every module without a slow test first: they run while the build
+    chains (below) build beside them."""
+    slow_modules = set()
     for item in items:
         if BUILDING & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow"):
+            slow_modules.add(item.module.__name__)
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (item.module.__name__ in slow_modules, order[id(item)]))
 
 
-CHAINS: dict[str, Chain] = {}  # build chains running beside the session (tests/background.py)
+# -- build chains -----------------------------------------------------------------------------------------
+# The session's builds run in threads beside the tests (tests/background.py), started as soon as the session is
+# collected, each as soon as what it builds on is built:
+#   cpu (clone A, cold) -> openvino (clone A)
+#                       -> rtx, rtx_2060 (clone R: hard links of A's artifacts) -> orin_nano, agx_orin (clone O, of R)
+#   seeded (a project of its own)
+CHAINS: dict[str, Chain] = {}
+NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused"}, "openvino": {"openvino_built"},
+         "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}}
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
-    if any("seeded" in item.fixturenames for item in session.items):
-        CHAINS["seeded"] = Chain("seeded", seeded_chain(Path(tempfile.mkdtemp(prefix="glueforge-seeded-"))))
+    wanted = {name for item in session.items for name in item.fixturenames}
+    for chain in NEEDS:
+        if NEEDS[chain] & wanted:
+            start(chain)
 
 
 def pytest_sessionfinish(session):
-    for chain in CHAINS.values():
+    for chain in reversed(list(CHAINS.values())):
         chain.stop()
+    if SERVER:
+        SERVER[0].stop()
+
+
+def start(name: str) -> Chain:
+    if name not in CHAINS:
+        CHAINS[name] = Chain(name, CHAIN_STEPS[name](Path(tempfile.mkdtemp(prefix=f"glueforge-{name}-"))))
+    return CHAINS[name]
+
+
+def _check(proc, executed, expected: set[str]) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert expected <= set(executed), sorted(expected - set(executed))
+
+
+def _log(project: Path, name: str, proc) -> None:
+    (project.parent / f"build-{name}.log").write_text(proc.stdout + proc.stderr)
+
+
+def cpu_chain(root: Path):
+    """Clone A: a cold `doit build target=cpu` that fills the remote cache (test_build, test_openvino)."""
+    def steps(doit_in):
+        import time
+
+        project = clone_project(root / "project")
+        env = {"GLUEFORGE_REMOTE_CACHE": s3().url("cache"), "GLUEFORGE_S3_ENDPOINT": s3().endpoint}
+        started = time.monotonic()
+        proc, executed, _ = doit_in(project, "build", "target=cpu", SELECT, env=env)
+        (project.parent / "cold_build_seconds").write_text(f"{time.monotonic() - started:.1f}")
+        _log(project, "cpu", proc)
+        _check(proc, executed, {f"{stage}:cpu:{m}" for stage in ("export", "simplify", "engine", "validate", "bundle")
+                                for m in MODELS})
+        return project
+
+    return steps
+
+
+def openvino_chain(root: Path):
+    """`doit build target=openvino` in clone A, after its cpu build (test_openvino, test_runtime_api, test_report)."""
+    def steps(doit_in):
+        project = start("cpu").result()
+        proc, executed, _ = doit_in(project, "build", "target=openvino", SELECT)
+        _log(project, "openvino", proc)
+        _check(proc, executed, {f"{stage}:openvino:{m}" for stage in ("engine", "validate", "bundle") for m in MODELS})
+        assert not [t for t in executed if t.startswith("export:")]  # the runtime-independent steps are cpu's
+        return project
+
+    return steps
+
+
+def rtx_chain(root: Path):
+    """Real TensorRT-RTX engines of every model for both RTX targets, in clone R, which starts from clone A's
+    artifacts after its cpu build (hard links): they share the graphs and references whose views are equal
+    (test_tensorrt_rtx, test_report, test_tensorrt_runners, test_build_graph's step list). It runs beside the
+    openvino build of clone A. Each build's log is kept beside the project."""
+    def steps(doit_in):
+        project = clone_project(root / "project", artifacts_from=start("cpu").result())
+        for target in RTX_TARGETS:
+            proc, executed, _ = doit_in(project, "build", f"target={target}", "model=" + ",".join(RTX_MODELS[target]))
+            _log(project, target, proc)
+            _check(proc, executed, {f"engine:{target}:{m}" for m in RTX_MODELS[target]})
+        return project
+
+    return steps
+
+
+def orin_chain(root: Path):
+    """Clone O, from clone R's artifacts: the ONNX stages of orin_nano (whose graphs are rtx's) and agx_orin, and
+    orin_nano's engine stage failing without TensorRT (tests/test_tensorrt.py's ``fused``)."""
+    def steps(doit_in):
+        project = clone_project(root / "project", artifacts_from=start("rtx").result())
+        assert "trtexec" not in os.environ.get("PATH", "")
+        proc, _, _ = doit_in(project, "build", "target=orin_nano", f"model={ORIN_MODEL}")
+        (project / "orin_build.log").write_text(proc.stdout + proc.stderr)
+        proc, executed, _ = doit_in(project, "fuse", "target=agx_orin", f"model={ORIN_MODEL}")
+        _check(proc, executed, {f"fuse:agx_orin:{ORIN_MODEL}"})  # its own parser proxy check: its batch profile
+        return project
+
+    return steps
 
 
 def seeded_chain(root: Path):
@@ -61,6 +158,9 @@ def seeded_chain(root: Path):
     return steps
 
 
+CHAIN_STEPS = {"cpu": cpu_chain, "openvino": openvino_chain, "rtx": rtx_chain, "orin": orin_chain, "seeded": seeded_chain}
+
+
 @dataclass(frozen=True)
 class Seeded:
     project: Path
@@ -69,11 +169,33 @@ class Seeded:
 
 
 @pytest.fixture(scope="session")
+def built(download_cache, s3_server) -> Path:
+    """Clone A after its cold cpu build."""
+    return start("cpu").result()
+
+
+@pytest.fixture(scope="session")
+def openvino_built(built) -> Path:
+    """Clone A after its openvino build."""
+    return start("openvino").result()
+
+
+@pytest.fixture(scope="session")
+def rtx_built(built) -> Path:
+    """Clone R after its rtx and rtx_2060 builds."""
+    return start("rtx").result()
+
+
+@pytest.fixture(scope="session")
+def fused(rtx_built) -> Path:
+    """Clone O after orin_nano's build (stopped at its engine) and agx_orin's ONNX stages."""
+    return start("orin").result()
+
+
+@pytest.fixture(scope="session")
 def seeded() -> Seeded:
-    """The seeded project after its build chain (started when the session was collected)."""
-    if "seeded" not in CHAINS:
-        CHAINS["seeded"] = Chain("seeded", seeded_chain(Path(tempfile.mkdtemp(prefix="glueforge-seeded-"))))
-    return CHAINS["seeded"].result()
+    """The seeded project after its build chain."""
+    return start("seeded").result()
 
 
 @pytest.fixture(scope="session")
@@ -158,64 +280,28 @@ class SeaweedS3:
         return f"s3://{self.bucket}/{prefix}"
 
 
+SERVER: list[SeaweedS3] = []  # the session's one S3 server, started by whichever needs it first
+_SERVER_LOCK = threading.Lock()
+
+
+def s3() -> SeaweedS3:
+    """The session's S3 server (started on first use, from a test or a build chain, and stopped at the session's end);
+    its credentials are in this process's environment, and so in every build's."""
+    with _SERVER_LOCK:
+        if not SERVER:
+            server = SeaweedS3(Path(tempfile.mkdtemp(prefix="glueforge-seaweedfs-")))
+            server.start()
+            os.environ.update(server.env())
+            SERVER.append(server)
+        return SERVER[0]
+
+
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+def s3_server() -> SeaweedS3:
+    return s3()
 
 
 @pytest.fixture(scope="session")
 def remote_cache(s3_server) -> dict[str, str]:
     """The environment of runners that share one S3 store as their remote build cache."""
     return {"GLUEFORGE_REMOTE_CACHE": s3_server.url("cache"), "GLUEFORGE_S3_ENDPOINT": s3_server.endpoint}
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory, download_cache, remote_cache) -> Path:
-    """Clone A: a cold `doit build target=cpu` that fills the remote cache (test_build, test_openvino)."""
-    import time
-
-    project = clone_project(tmp_path_factory.mktemp("project"))
-    start = time.monotonic()
-    proc, executed, _ = doit(project, "build", "target=cpu", SELECT, env=remote_cache)
-    (project.parent / "cold_build_seconds").write_text(f"{time.monotonic() - start:.1f}")
-    (project.parent / "build-cpu.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for stage in ("export", "simplify", "engine", "validate", "bundle"):
-        for model in MODELS:
-            assert f"{stage}:cpu:{model}" in executed
-    return project
-
-
-@pytest.fixture(scope="session")
-def openvino_built(built) -> Path:
-    """`doit build target=openvino` in clone A, after its cpu build (test_openvino, test_runtime_api, test_report)."""
-    proc, executed, skipped = doit(built, "build", "target=openvino", SELECT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    for model in MODELS:
-        assert {f"engine:openvino:{model}", f"validate:openvino:{model}", f"bundle:openvino:{model}"} <= set(executed)
-        assert f"export:openvino:{model}" not in executed  # the runtime-independent stages are shared with cpu
-    return built
-
-
-@pytest.fixture(scope="session")
-def rtx_built(built) -> Path:
-    """Real TensorRT-RTX engines of every model for both RTX targets, built in clone A after its cpu build, so that
-    they share the graphs and references whose views are equal (test_tensorrt_rtx, test_report,
-    test_tensorrt_runners, test_build's step list). Each build's log is kept beside the project."""
-    for target in RTX_TARGETS:
-        proc, executed, _ = doit(built, "build", f"target={target}", "model=" + ",".join(RTX_MODELS[target]))
-        (built.parent / f"build-{target}.log").write_text(proc.stdout + proc.stderr)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-        for model in RTX_MODELS[target]:
-            assert f"engine:{target}:{model}" in executed
-    return built

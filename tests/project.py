@@ -21,7 +21,8 @@ SELECT = "model=" + ",".join(MODELS)
 RTX_TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}  # TensorRT-RTX targets and their compute capabilities
 # the models the tests build for each: every one for rtx; for the Turing target (FP16 by construction: it has no
 # FP32 GEMM) one LightGlue model, the quickest to build (CI time)
-RTX_MODELS = {"rtx": MODELS, "rtx_2060": ("xfeat_lighterglue",)}  # `doit build target=T` with every model fails at fetch for UNREACHABLE
+RTX_MODELS = {"rtx": MODELS, "rtx_2060": ("xfeat_lighterglue",)}
+ORIN_MODEL = "aliked_lightglue"  # the model the Jetson targets' tests build (tests/test_tensorrt.py)  # `doit build target=T` with every model fails at fetch for UNREACHABLE
 
 
 def _versions() -> dict[str, str]:

@@ -22,22 +22,10 @@ import pytest
 from glueforge.config import Config
 from glueforge.runtime import EngineBuildError
 from runtimes.tensorrt import parse_trtexec, profile_shapes, timing_cache_path, trtexec_command
-from tests.project import clone_project, doit
+from tests.project import ORIN_MODEL, doit
 
 STAND_IN = Path(__file__).resolve().parent / "stand_in"
-MODEL = "aliked_lightglue"
-
-
-@pytest.fixture(scope="module")
-def fused(tmp_path_factory, rtx_built) -> Path:
-    """A project copy where the ONNX stages of orin_nano ran and the engine stage failed. It starts from the
-    artifacts of the rtx build (hard links), whose graphs have the same views as orin_nano's: only fuse runs."""
-    project = clone_project(tmp_path_factory.mktemp("orin"), artifacts_from=rtx_built)
-    env_path = os.environ.get("PATH", "")
-    assert "trtexec" not in env_path
-    proc, executed, _ = doit(project, "build", "target=orin_nano", f"model={MODEL}")
-    project.joinpath("orin_build.log").write_text(proc.stdout + proc.stderr)
-    return project
+MODEL = ORIN_MODEL  # the project after orin_nano's build and agx_orin's ONNX stages: tests/conftest.py ``fused``
 
 
 def test_orin_nano_builds_to_fused_onnx_then_says_what_is_missing(fused):
