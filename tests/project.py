@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from glueforge.lock import LOCK
+
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout (as in CI); GLUEFORGE_SHARED_DATA points elsewhere
 SHARED_DATA = Path(os.environ.get("GLUEFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -49,7 +51,12 @@ def clone_project(dest: Path, artifacts_from: Path | None = None) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
     if artifacts_from is not None:  # cache entries and bundles are immutable, so links are safe
-        shutil.copytree(artifacts_from / "artifacts", dest / "artifacts", copy_function=os.link)
+        # not the build lock (a link is the same file: the two checkouts would wait for each other), and a copy of
+        # doit's state file, which doit rewrites in place
+        shutil.copytree(artifacts_from / "artifacts", dest / "artifacts", copy_function=os.link,
+                        ignore=shutil.ignore_patterns(LOCK, ".doit.db*"))
+        for state in (artifacts_from / "artifacts").glob(".doit.db*"):
+            shutil.copy2(state, dest / "artifacts" / state.name)
     return dest
 
 
