@@ -23,9 +23,13 @@ os.environ.setdefault("GLUEFORGE_DOWNLOAD_CACHE", str(REPO / "artifacts" / "down
 BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh"}
 
 
+# the order in which the build chains (below) finish: a slow test runs after those that need earlier chains
+READY = {"built": 1, "fresh": 1, "openvino_built": 2, "seeded": 2, "rtx_built": 3, "fused": 4}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that build as slow, and run every module without a slow test first: they run while the build
-    chains (below) build beside them."""
+    """Mark the tests that build as slow. Run every module without a slow test first, while the build chains build
+    beside them; then the slow modules' tests in the order in which the chains they need are ready."""
     slow_modules = set()
     for item in items:
         if BUILDING & set(item.fixturenames):
@@ -33,14 +37,22 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("slow"):
             slow_modules.add(item.module.__name__)
     order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (item.module.__name__ in slow_modules, order[id(item)]))
+
+    def rank(item) -> tuple[int, int]:
+        if item.module.__name__ not in slow_modules:
+            return (0, order[id(item)])
+        return (1 + max((READY[f] for f in item.fixturenames if f in READY), default=0), order[id(item)])
+
+    items.sort(key=rank)
 
 
 # -- build chains -----------------------------------------------------------------------------------------
 # The session's builds run in threads beside the tests (tests/background.py), started as soon as the session is
 # collected, each as soon as what it builds on is built:
-#   cpu (clone A, cold) -> openvino (clone A)
-#                       -> rtx, rtx_2060 (clone R: hard links of A's artifacts) -> orin_nano, agx_orin (clone O, of R)
+#   cpu (clone A, cold) -> openvino (clone V: hard links of A's artifacts)
+#                       -> rtx, rtx_2060 (clone R: likewise) -> orin_nano, agx_orin (clone O, of R)
+# (a checkout runs one build at a time: the chains after cpu build in clones of their own, so that they run beside
+# each other, and beside the tests that run doit in clone A)
 #   seeded (a project of its own)
 CHAINS: dict[str, Chain] = {}
 NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused"}, "openvino": {"openvino_built"},
@@ -98,9 +110,11 @@ def cpu_chain(root: Path):
 
 
 def openvino_chain(root: Path):
-    """`doit build target=openvino` in clone A, after its cpu build (test_openvino, test_runtime_api, test_report)."""
+    """`doit build target=openvino` in clone V, which starts from clone A's artifacts after its cpu build (hard
+    links), beside the rtx chain; clone A stays free for the tests that run doit in it (test_openvino,
+    test_runtime_api, test_report, test_bench read V's store: its cpu and openvino bundles)."""
     def steps(doit_in):
-        project = start("cpu").result()
+        project = clone_project(root / "project", artifacts_from=start("cpu").result())
         proc, executed, _ = doit_in(project, "build", "target=openvino", SELECT)
         _log(project, "openvino", proc)
         _check(proc, executed, {f"{stage}:openvino:{m}" for stage in ("engine", "validate", "bundle") for m in MODELS})
@@ -176,7 +190,7 @@ def built(download_cache, s3_server) -> Path:
 
 @pytest.fixture(scope="session")
 def openvino_built(built) -> Path:
-    """Clone A after its openvino build."""
+    """Clone V after its openvino build (and with clone A's cpu bundles)."""
     return start("openvino").result()
 
 
