@@ -136,48 +136,54 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {step for step in before if before[step] != after[step]}
 
 
-@pytest.mark.parametrize("target", ["cpu", "openvino", "orin_nano", "agx_orin", "rtx"])
-def test_each_target_field_rekeys_exactly_the_steps_that_read_it(base, target):
+def _walk(base, model: str, target: str, root: tuple[str, ...], readers_of) -> int:
+    """Change each field under ``root`` on its own and check that the steps re-keyed are ``readers_of(path, steps)``
+    (None: the field is skipped); return how many fields were walked."""
     data, config = base
-    model = "aliked_lightglue"
     before = _keys(config, model, target)
     walked = 0
-    for path in _leaves(data["targets"][target], ("targets", target)):
-        field = path[2]
+    for path in _leaves(_get(data, root), root):
+        where = ".".join(path)
         variants = list(_variants(data, path))
-        if ".".join(path) in SINGLE:
+        if where in SINGLE:
             assert not variants
             continue
-        assert variants, f"{'.'.join(path)}: no alternative value validates; add one to ALTERNATIVES"
-        for value, changed_config in variants[:1]:
-            spec = config.target(target)
-            readers = {s for s in TARGET_STAGES if field in declared(spec.view(s))} | {"bundle"}
-            if field == "keypoints":
-                readers |= {s for s in before if s.split("/")[0] in GRAPH_STAGES} | {"validate"}
-            changed = _changed(before, _keys(changed_config, model, target))
-            assert changed == readers, f"{'.'.join(path)} -> {value!r}: re-keyed {sorted(changed)}, read by {sorted(readers)}"
-            walked += 1
-    assert walked >= 20
+        readers = readers_of(path, before)
+        if readers is None:
+            continue
+        assert variants, f"{where}: no alternative value validates; add one to ALTERNATIVES"
+        value, changed_config = variants[0]
+        changed = _changed(before, _keys(changed_config, model, target))
+        assert changed == readers | {"bundle"}, f"{where} -> {value!r}: re-keyed {sorted(changed)}, read by {sorted(readers)}"
+        walked += 1
+    return walked
+
+
+@pytest.mark.parametrize("target", ["cpu", "openvino", "orin_nano", "agx_orin", "rtx"])
+def test_each_target_field_rekeys_exactly_the_steps_that_read_it(base, target):
+    spec = base[1].target(target)
+
+    def readers(path, steps):
+        field = path[2]
+        read = {s for s in TARGET_STAGES if field in declared(spec.view(s))}
+        if field == "keypoints":  # the effective K of the graphs (ExportSettings)
+            read |= {s for s in steps if s.split("/")[0] in GRAPH_STAGES} | {"validate"}
+        return read
+
+    assert _walk(base, "aliked_lightglue", target, ("targets", target), readers) >= 20
 
 
 @pytest.mark.parametrize("model", ["aliked_lightglue", "aliked_t16"])
 def test_each_model_field_rekeys_exactly_the_steps_that_read_it(base, model):
-    data, config = base
-    target = "cpu"
-    before = _keys(config, model, target)
-    walked = 0
-    for path in _leaves(data["models"][model], ("models", model)):
+    data = base[0]
+
+    def readers(path, steps):
         if path[2:] == ("export", "graphs") or _get(data, path) is None and path[2] == "matcher":
-            continue  # which steps exist: the graphs built, or a matcher for an extractor-only model
-        variants = list(_variants(data, path))
-        assert variants, f"{'.'.join(path)}: no alternative value validates; add one to ALTERNATIVES"
+            return None  # which steps exist: the graphs built, or a matcher for an extractor-only model
         where = ".".join(path[2:4]) if path[2] == "export" else path[2]
-        readers = {s for s in MODEL_READERS[where] if s in before} | {"bundle"}
-        for value, changed_config in variants[:1]:
-            changed = _changed(before, _keys(changed_config, model, target))
-            assert changed == readers, f"{'.'.join(path)} -> {value!r}: re-keyed {sorted(changed)}, read by {sorted(readers)}"
-            walked += 1
-    assert walked >= 6
+        return {s for s in MODEL_READERS[where] if s in steps}
+
+    assert _walk(base, model, "cpu", ("models", model), readers) >= 6
 
 
 def test_the_batch_profile_rekeys_the_parser_proxy_and_the_match_form_not_the_extractor(base):
