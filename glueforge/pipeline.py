@@ -270,7 +270,10 @@ class Pipeline:
     def run(self, task: str, model: str, target: str) -> None:
         for stage in self.steps(task):
             for graph in self.graphs(stage, model, target):
-                result = self.result(stage, model, target, graph)
+                cached = self.cached(stage, model, target, graph)
+                if cached is not None:  # a step shared with another target or model, or built before
+                    log.info("%s %s: cached (key %s)", stage, Label(model, target, graph), cached.key[:12])
+                result = cached or self.result(stage, model, target, graph)
                 if stage == "bundle":
                     self.store.publish(result.path)
 
