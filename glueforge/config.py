@@ -293,12 +293,6 @@ class ExportSettings:
     sizes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # min/opt/max [H, W] of shape profiles
     validate_sizes: tuple[tuple[int, int], ...] = ()  # besides image_size
 
-    def payload(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "keypoints": self.keypoints, "opset": self.opset, "graphs": self.graphs,
-                "match_output": self.match_output, "extractor": self.extractor.model_dump(mode="json"),
-                "matcher": self.matcher.model_dump(mode="json") if self.matcher else None,
-                "sizes": self.sizes, "validate_sizes": [list(s) for s in self.validate_sizes]}
-
     def for_graph(self, graph: str) -> "ExportSettings":
         """What tracing ``graph`` reads: no model name (a label, not an input), no validated or profile sizes
         (H and W are dynamic; the trace runs at ``image_size``), and for the extractor graph no matcher and no

@@ -96,13 +96,14 @@ def assert_parity(project: Path, model: str, target: str, download_cache: Path, 
     ``$GLUEFORGE_PARITY_REPORT_DIR`` (or the project's artifacts); every pair must meet ``thresholds``."""
     import pytest
 
+    from glueforge.views import payload
     from validation.parity import bundle_parity, table
 
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
     bundle = project / "artifacts/store" / model / VERSIONS[model] / target
     models = reference_models(project, model, download_cache)
-    key = (model, json.dumps(models.spec.payload(), sort_keys=True, default=str))  # the reference is the target's K's
+    key = (model, json.dumps(payload(models.spec), sort_keys=True))  # the reference is the target's K's
     # the four wide-baseline pairs and the first pair of each sequence (consecutive frames differ little; CI time)
     rows = bundle_parity(bundle, models, SHARED_DATA, _REFERENCES.setdefault(key, {}), sequence_pairs=1)
     text = table(model, rows)
