@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from glueforge import GlueforgeError
-from glueforge.files import atomic_directory, sha256_file
+from glueforge.files import atomic_directory, mismatched, sha256_file, stamp
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
@@ -162,25 +162,14 @@ class ActionCache:
 
     @staticmethod
     def _intact(result: Result, stamps: dict[str, list[int]]) -> bool:
-        """Every file is there with its size and sha256. A file whose size and modification time equal the stamp
-        taken when the entry was committed is not hashed again (as git's index does): an entry is immutable, and
-        any write to a file changes its modification time."""
-        for name, f in result.files.items():
-            p = result.path / name
-            try:
-                st = p.stat()
-            except OSError:
-                return False
-            if st.st_size != f["size"]:
-                return False
-            if stamps.get(name) != [st.st_size, st.st_mtime_ns] and sha256_file(p) != f["sha256"]:
-                return False
-        return True
+        """Every file is there with its size and sha256 (not hashed again while its stamp from the commit holds:
+        an entry is immutable)."""
+        return not mismatched(result.path, result.files, stamps)
 
     @staticmethod
     def _record(directory: Path, stage: str, key: str, files: dict[str, Any], meta: dict[str, Any]) -> None:
         """Write ``result.json``: the files with their digests, the metadata, and the local stamps."""
-        stamps = {name: [(directory / name).stat().st_size, (directory / name).stat().st_mtime_ns] for name in files}
+        stamps = {name: stamp(directory / name) for name in files}
         record = {"stage": stage, "key": key, "files": files, "meta": meta, "stamps": stamps}
         (directory / RESULT).write_text(json.dumps(record, indent=1))
 

@@ -28,6 +28,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def mismatched(directory: Path, files: dict[str, dict], stamps: dict[str, list[int]] | None = None) -> list[str]:
+    """The names in ``files`` (name -> {"sha256", "size"}) whose file under ``directory`` is missing or differs in
+    size or sha256. A file whose [size, mtime_ns] equals its entry in ``stamps`` (taken when it was written) is not
+    hashed again, as git's index does: any write to a file changes its modification time."""
+    bad = []
+    for name, entry in files.items():
+        path = Path(directory) / name
+        try:
+            st = path.stat()
+        except OSError:
+            bad.append(name)
+            continue
+        if st.st_size != entry["size"]:
+            bad.append(name)
+        elif (stamps or {}).get(name) != [st.st_size, st.st_mtime_ns] and sha256_file(path) != entry["sha256"]:
+            bad.append(name)
+    return bad
+
+
+def stamp(path: Path) -> list[int]:
+    """[size, mtime_ns] of ``path``: what ``mismatched`` compares before hashing."""
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from glueforge import GlueforgeError
-from glueforge.files import atomic_directory, sha256_file, write_atomic
+from glueforge.files import atomic_directory, mismatched, write_atomic
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -117,13 +117,7 @@ class LocalStore(Store):
 
     def damaged(self, manifest: dict[str, Any]) -> list[str]:
         """The files of the stored bundle of ``manifest`` that are missing, or differ in size or sha256."""
-        bundle = self.bundle_path(manifest["model"], manifest["version"], manifest["target"])
-        damaged = []
-        for name, entry in manifest["files"].items():
-            path = bundle / name
-            if not path.is_file() or path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
-                damaged.append(name)
-        return damaged
+        return mismatched(self.bundle_path(manifest["model"], manifest["version"], manifest["target"]), manifest["files"])
 
     def publish(self, staged: Path, channels: Sequence[str] = ()) -> Path:
         """Publish the bundle staged in ``staged`` (files plus manifest.json)."""
