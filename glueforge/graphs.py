@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -184,6 +184,32 @@ class Models:
             keypoints, _, descriptors, *features = self.extract(images)
             return (keypoints, descriptors, image_sizes(images), *(features[i] for i in self.feature_index))
         return (images,)
+
+    @torch.no_grad()
+    def golden(self, names: Sequence[str], images: torch.Tensor) -> dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]:
+        """Inputs and outputs of each graph of ``names`` on an interleaved image batch (2B, C, H, W).
+
+        Where ``end2end`` is among them, its one pass also gives the ``extractor``'s and ``matcher``'s: its
+        submodules are those graphs' modules, called on exactly their example inputs, and forward hooks
+        record what they take and return (one extractor and one matcher pass instead of three and two)."""
+        calls: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        hooks = []
+        if "end2end" in names:
+            end2end = self.graph("end2end")
+            for name, sub in (("extractor", end2end.extractor), ("matcher", end2end.matcher)):
+                if name in names:
+                    hooks.append(sub.register_forward_hook(
+                        lambda module, args, output, name=name: calls.__setitem__(name, (tuple(args), tuple(output)))))
+            try:
+                calls["end2end"] = ((images,), tuple(end2end(images)))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        for name in names:
+            if name not in calls:
+                example = self.example_inputs(name, images)
+                calls[name] = (example, tuple(self.graph(name)(*example)))
+        return {name: calls[name] for name in names}
 
     # -- the upstream reference, unpatched ----------------------------------------------------
     def reference(self) -> tuple[Any, Any]:

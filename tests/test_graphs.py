@@ -75,3 +75,24 @@ def test_graph_io_names_the_features_and_the_export_takes_them(tmp_path):
 def test_a_matcher_needing_features_the_extractor_lacks_is_named():
     assert missing_keypoint_inputs(SimpleNamespace(keypoint_features=("scales",)), MATCHER) == ["oris"]
     assert missing_keypoint_inputs(EXTRACTOR, SimpleNamespace(keypoint_inputs=())) == []
+
+
+def test_golden_of_end2end_gives_the_extractors_and_matchers_exactly():
+    """The reference stage records every graph's golden outputs from one end2end pass (``Models.golden``): the same
+    inputs and outputs as running each graph's module on its own example inputs."""
+    from glueforge.graphs import Models
+
+    models = Models.__new__(Models)  # the toy modules, without a family's weights
+    models.spec = SimpleNamespace(**vars(SPEC), graphs=["end2end", "extractor", "matcher"])
+    models.spec.extractor = _Extractor(keypoint_features=("scales", "oris"), host=False)
+    models.extractor, models.matcher = ToyExtractor(), ToyMatcher()
+    images = torch.rand(4, 1, 32, 48)
+    golden = models.golden(models.spec.graphs, images)
+    assert list(golden) == models.spec.graphs
+    for name in models.spec.graphs:
+        example = models.example_inputs(name, images)
+        outputs = models.graph(name)(*example)
+        inputs_, outputs_ = golden[name]
+        assert len(inputs_) == len(example) and all(torch.equal(a, b) for a, b in zip(example, inputs_)), name
+        assert len(outputs_) == len(outputs) and all(torch.equal(a, b) for a, b in zip(outputs, outputs_)), name
+    assert models.golden(["matcher"], images)["matcher"][1][0].shape == (2, K)  # without end2end: the graph itself

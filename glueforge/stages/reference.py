@@ -73,14 +73,10 @@ def record(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
     pairs = {tuple(size): torch.from_numpy(default_pairs(size, settings.extractor.colour)) for size in settings.all_sizes}
     inputs: dict[str, np.ndarray] = {}
     golden: dict[str, np.ndarray] = {}
-    with progress(f"reference {'+'.join(settings.graphs)}", total=len(settings.graphs), unit="graph") as bar:
-        for graph in settings.graphs:
-            module = models.graph(graph)
-            ins, outs = graph_io(graph, settings, models.channels, models.descriptor_dim)
-            for size, images in pairs.items():
-                example = models.example_inputs(graph, images)
-                with torch.no_grad():
-                    result = module(*example)
+    with progress(f"reference {'+'.join(settings.graphs)}", total=len(pairs), unit="size") as bar:
+        for size, images in pairs.items():
+            for graph, (example, result) in models.golden(settings.graphs, images).items():
+                ins, outs = graph_io(graph, settings, models.channels, models.descriptor_dim)
                 for spec, value in zip(ins, example):
                     inputs[f"{case(graph, size)}/{spec.name}"] = value.numpy()
                 for spec, value in zip(outs, result):
