@@ -29,6 +29,15 @@ def compute_capability() -> str | None:
     return None
 
 
+def thread_limit() -> int | None:
+    """``$OMP_NUM_THREADS`` where it is a positive integer: the threads one process may use on a machine it shares
+    (the convention torch, OpenMP and BLAS libraries follow). The runtimes apply it to a session whose settings
+    leave the thread count to the library (``0``); it changes how fast a graph runs, not what it computes, so no
+    key holds it."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def package_version(*names: str) -> str | None:
     """The installed version of the first of ``names`` that is installed."""
     for name in names:

@@ -35,7 +35,7 @@ class OrtSession(Strict):
     graph_optimization_level: Literal["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"] = (
         "ORT_ENABLE_ALL"
     )
-    intra_op_num_threads: Annotated[int, Field(ge=0)] = 0
+    intra_op_num_threads: Annotated[int, Field(ge=0)] = 0  # 0: $OMP_NUM_THREADS where set, else onnxruntime's default
     execution_mode: Literal["ORT_SEQUENTIAL", "ORT_PARALLEL"] = "ORT_SEQUENTIAL"
 
 
@@ -66,9 +66,11 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
 def session(path: Path, settings: OrtSession):
     import onnxruntime as ort
 
+    from glueforge.machine import thread_limit
+
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.graph_optimization_level)
-    options.intra_op_num_threads = settings.intra_op_num_threads
+    options.intra_op_num_threads = settings.intra_op_num_threads or thread_limit() or 0
     options.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=list(settings.providers))

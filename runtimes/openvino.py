@@ -45,7 +45,7 @@ class Compile(Strict):
     """Compile properties of the IR (``ov.Core.compile_model``)."""
 
     device: Literal["CPU"] = "CPU"
-    num_threads: Annotated[int, Field(ge=0)] = 0  # INFERENCE_NUM_THREADS; 0: OpenVINO's default
+    num_threads: Annotated[int, Field(ge=0)] = 0  # INFERENCE_NUM_THREADS; 0: $OMP_NUM_THREADS where set, else OpenVINO's default
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
 
     def properties(self, precision: str) -> dict[str, Any]:
@@ -140,8 +140,13 @@ def compiled(directory: Path, graph: str):
     and the graph's output names in the order of the compiled model's outputs."""
     import openvino as ov
 
+    from glueforge.machine import thread_limit
+
     recorded = json.loads((Path(directory) / PROPERTIES).read_text())
-    model = ov.Core().compile_model(str(Path(directory) / f"{graph}.xml"), recorded["device"], recorded["properties"])
+    properties = dict(recorded["properties"])
+    if "INFERENCE_NUM_THREADS" not in properties and thread_limit():
+        properties["INFERENCE_NUM_THREADS"] = thread_limit()
+    model = ov.Core().compile_model(str(Path(directory) / f"{graph}.xml"), recorded["device"], properties)
     wanted = recorded["outputs"][graph]
     names = [next((n for n in wanted if n in port.get_names()), port.get_any_name()) for port in model.outputs]
     return model, names

@@ -1,0 +1,43 @@
+"""$OMP_NUM_THREADS limits the threads of a runtime session whose settings leave them to the library.
+
+A session whose settings name a thread count keeps it; an invalid value is ignored (the library's default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from glueforge.machine import thread_limit
+from runtimes.onnxruntime import OrtSession, session
+
+
+@pytest.fixture
+def add_one(tmp_path) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])], "add_one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+    path = tmp_path / "add_one.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("1", 1), ("0", None), ("-2", None), ("many", None), ("", None)])
+def test_thread_limit_reads_a_positive_count(monkeypatch, value, expected):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert thread_limit() == expected
+
+
+def test_onnxruntime_session_takes_the_limit_unless_its_settings_name_a_count(monkeypatch, add_one):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    limited = session(add_one, OrtSession())
+    assert limited.get_session_options().intra_op_num_threads == 3
+    assert np.array_equal(limited.run(None, {"x": np.array([1, 2], np.float32)})[0], [2, 3])
+    assert session(add_one, OrtSession(intra_op_num_threads=2)).get_session_options().intra_op_num_threads == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert session(add_one, OrtSession()).get_session_options().intra_op_num_threads == 0  # onnxruntime's default
