@@ -38,6 +38,13 @@ def thread_limit() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def passive_wait() -> bool:
+    """``$OMP_WAIT_POLICY`` is ``PASSIVE``: idle worker threads sleep instead of spinning (OpenMP's convention; the
+    onnxruntime sessions follow it too). On a machine whose cores several processes share, spinning threads take
+    the cores the others need; alone, a passive wait costs next to nothing (measured: tests/conftest.py)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
 def package_version(*names: str) -> str | None:
     """The installed version of the first of ``names`` that is installed."""
     for name in names:

@@ -66,11 +66,14 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
 def session(path: Path, settings: OrtSession):
     import onnxruntime as ort
 
-    from glueforge.machine import thread_limit
+    from glueforge.machine import passive_wait, thread_limit
 
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.graph_optimization_level)
     options.intra_op_num_threads = settings.intra_op_num_threads or thread_limit() or 0
+    if passive_wait():  # how the threads wait, not what they compute: no key holds it
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=list(settings.providers))

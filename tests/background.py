@@ -50,9 +50,6 @@ class Chain:
         except BaseException as e:  # noqa: BLE001 - handed to the test that waits for it
             self._error = e
 
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def result(self) -> Any:
         """Wait for the chain; its value, or its exception raised here."""
         self._thread.join()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -13,6 +12,13 @@ import pytest
 
 from tests.background import Chain
 from tests.project import MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE, clone_project
+
+# The build chains (below) run beside the tests: three busy processes on two cores. Their idle worker threads
+# sleep instead of spinning (torch's OpenMP, and onnxruntime's sessions: glueforge.machine.passive_wait), so that
+# they do not take the cores the other processes need. Measured here, three processes at once, each with two
+# threads: kornia's ALIKED 9.5 s passive against 16 s spinning (3.9 s against 3.8 s alone); an onnxruntime session
+# 24 s against 30 s (6.6 s against 6.5 s alone). A policy the caller set is left alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # every build the tests run times its bundles with few runs (tests/ci.yaml); set before any test starts a build
 os.environ.setdefault("GLUEFORGE_CONFIG", str(REPO / "tests" / "ci.yaml"))
@@ -65,38 +71,9 @@ def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
     wanted = {name for item in session.items for name in item.fixturenames}
-    chains = [chain for chain in NEEDS if NEEDS[chain] & wanted]
-    if chains:
-        share_cores(True)
-    for chain in chains:
-        start(chain)
-
-
-# One thread per process while build chains run beside the tests: three busy processes on two cores, each with two
-# threads, spend much of their time waiting at each other's barriers (measured here, three at once: kornia's ALIKED
-# 13 s with two threads against 7 s with one; an onnxruntime session 30 s against 24 s). The chains' builds and the
-# tests' subprocesses read OMP_NUM_THREADS (torch; the runtimes' sessions: glueforge.machine.thread_limit); this
-# process sets torch's count. Once the chains are done, the tests that remain take every core. A limit the caller
-# set is left alone.
-CALLERS_LIMIT = os.environ.get("OMP_NUM_THREADS")
-SHARING = [False]
-
-
-def share_cores(sharing: bool) -> None:
-    if CALLERS_LIMIT is not None or SHARING[0] == sharing:
-        return
-    SHARING[0] = sharing
-    if sharing:
-        os.environ["OMP_NUM_THREADS"] = "1"
-    else:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1 if sharing else os.cpu_count() or 1)
-
-
-def pytest_runtest_setup(item):
-    if SHARING[0] and not any(chain.running() for chain in CHAINS.values()):
-        share_cores(False)
+    for chain in NEEDS:
+        if NEEDS[chain] & wanted:
+            start(chain)
 
 
 def pytest_sessionfinish(session):

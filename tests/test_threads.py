@@ -1,4 +1,5 @@
-"""$OMP_NUM_THREADS limits the threads of a runtime session whose settings leave them to the library.
+"""$OMP_NUM_THREADS limits the threads of a runtime session whose settings leave them to the library, and
+$OMP_WAIT_POLICY=PASSIVE stops its idle threads spinning.
 
 A session whose settings name a thread count keeps it; an invalid value is ignored (the library's default).
 """
@@ -41,3 +42,17 @@ def test_onnxruntime_session_takes_the_limit_unless_its_settings_name_a_count(mo
     assert session(add_one, OrtSession(intra_op_num_threads=2)).get_session_options().intra_op_num_threads == 2
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert session(add_one, OrtSession()).get_session_options().intra_op_num_threads == 0  # onnxruntime's default
+
+
+@pytest.mark.parametrize("policy, spinning", [("PASSIVE", "0"), ("passive", "0"), ("ACTIVE", None), (None, None)])
+def test_a_passive_wait_policy_stops_onnxruntime_spinning(monkeypatch, add_one, policy, spinning):
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    options = session(add_one, OrtSession()).get_session_options()
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert (options.get_session_config_entry(key) if spinning else None) == spinning
+        if spinning is None:
+            with pytest.raises(Exception):  # not set: onnxruntime's default (spinning)
+                options.get_session_config_entry(key)
