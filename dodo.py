@@ -4,7 +4,8 @@
     doit build target=cpu model=aliked_lightglue one model
     doit fuse target=orin_nano                   stop after the ONNX stages on purpose
     doit publish target=cpu [version=V] [store=s3://bucket/prefix endpoint=URL] [channel=latest,stable]
-                                                 publish to the remote store (unvalidated=1: loudly unvalidated)
+                                                 publish to the remote store (unvalidated=1: loudly unvalidated;
+                                                 signing_key=PATH: signed manifests, glueforge.signing)
     doit list                                    the stages
     doit build target=cpu config=team.yaml       with an overlay over models.yaml (also GLUEFORGE_CONFIG=team.yaml;
                                                  several: config=a.yaml,b.yaml): it adds or overrides weights,
@@ -29,6 +30,7 @@ PLAN = load_plan(
     endpoint=get_var("endpoint", None),
     channels=get_var("channel", "latest"),
     unvalidated=get_var("unvalidated", "0") == "1",
+    signing_key=get_var("signing_key", None),
 )
 
 

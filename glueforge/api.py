@@ -22,21 +22,17 @@ through its family module's ``extract`` and ``decode``; this module names neithe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from glueforge import GlueforgeError, registry
+from glueforge import registry
 from glueforge.runtime import GraphRunner
+from glueforge.verify import BundleError, verify_bundle  # BundleError: a bundle that cannot open, or a call it cannot serve
 
 MANIFEST = "manifest.json"
-
-
-class BundleError(GlueforgeError):
-    """A bundle that cannot be opened, or a call it cannot serve (a graph it lacks, a bad image)."""
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -251,15 +247,14 @@ def load_image(path: str | Path) -> np.ndarray:
         raise BundleError(f"{path}: not an image Pillow can read ({e})") from None
 
 
-def open(path: str | Path) -> "Bundle":  # noqa: A001 - glueforge.open(bundle_dir), as DESIGN.md names it
-    """Open the bundle in directory ``path`` (its ``manifest.json``) with its own runtime."""
+def open(path: str | Path, trusted_keys: Sequence[str | Path] | None = None) -> "Bundle":  # noqa: A001 - as DESIGN.md names it
+    """Open the bundle in directory ``path`` (its ``manifest.json``) with its own runtime, once every file it lists
+    matches its sha256, and with ``trusted_keys`` (public key files; default ``$GLUEFORGE_TRUSTED_KEYS``) once one
+    of them signed its manifest (``glueforge.verify``, ``glueforge.signing``)."""
+    from glueforge import signing
+
     directory = Path(path)
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{directory}: no {MANIFEST}: not a bundle (a bundle without a manifest does not exist)") from None
-    except ValueError as e:
-        raise BundleError(f"{directory / MANIFEST}: not valid JSON ({e})") from None
+    manifest, _, _ = verify_bundle(directory, signing.trusted(signing.trust_paths(trusted_keys)))
     missing = [k for k in ("runtime", "graphs", "extractor", "keypoints") if k not in manifest]
     if missing:
         raise BundleError(f"{directory / MANIFEST}: lacks {', '.join(missing)}; it was written by an older glueforge "

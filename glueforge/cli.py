@@ -8,6 +8,7 @@
     glueforge report STORE [--out FILE]                           index page of every bundle in a local store
     glueforge engine BUNDLE --out DIR [--graph G]                 rebuild a bundle's engines from its ONNX
     glueforge evaluate BUNDLE [--images DIR] [--warps N] [--seed S]  homography accuracy on your own images
+    glueforge verify BUNDLE                                       every file against the manifest's sha256
     glueforge parity MODEL [--target T] [--data DIR]
 
 Errors a user can act on print one line without a traceback and exit non-zero.
@@ -24,18 +25,42 @@ from glueforge import GlueforgeError
 from glueforge.log import configure_logging
 
 
+def _store_settings() -> dict:
+    """``store`` of ./models.yaml, read with PyYAML only (the pull-only install has no glueforge.config)."""
+    path = Path.cwd() / "models.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        store = (yaml.safe_load(path.read_text()) or {}).get("store") or {}
+    except (yaml.YAMLError, AttributeError) as e:
+        raise GlueforgeError(f"{path}: not a readable models.yaml ({e})") from None
+    return store if isinstance(store, dict) else {}
+
+
 def default_store() -> str | None:
-    """$GLUEFORGE_STORE, else ``store.remote`` of ./models.yaml (read with PyYAML only)."""
+    """$GLUEFORGE_STORE, else ``store.remote`` of ./models.yaml."""
     if os.environ.get("GLUEFORGE_STORE"):
         return os.environ["GLUEFORGE_STORE"]
-    path = Path.cwd() / "models.yaml"
-    if path.is_file():
-        import yaml
-
-        remote = ((yaml.safe_load(path.read_text()) or {}).get("store") or {}).get("remote")
-        if remote:
-            return remote.get("url") if isinstance(remote, dict) else remote
+    remote = _store_settings().get("remote")
+    if remote:
+        return remote.get("url") if isinstance(remote, dict) else remote
     return None
+
+
+def trust_files(given: list[Path] | None) -> list[Path]:
+    """The trusted public key files: --trust KEY (repeatable), else $GLUEFORGE_TRUSTED_KEYS, else
+    ``store.trusted_keys`` of ./models.yaml; empty: no signature required."""
+    from glueforge import signing
+
+    return signing.trust_paths(given) or [Path(p) for p in _store_settings().get("trusted_keys") or []]
+
+
+def trusted_keys(given: list[Path] | None) -> dict:
+    from glueforge import signing
+
+    return signing.trusted(trust_files(given))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--store", default=None, help="s3://bucket/prefix or a directory (default: $GLUEFORGE_STORE, models.yaml)")
     pull.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: $GLUEFORGE_S3_ENDPOINT)")
     pull.add_argument("--check-compatibility", action="store_true", help="refuse a bundle this machine cannot run")
+    keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for signing manifests")
+    keygen.add_argument("--out", type=Path, required=True, help="a directory: glueforge.key and glueforge.pub")
     infer = sub.add_parser("infer", help="run a bundle on images: counts, time, and a picture of the matches")
     infer.add_argument("bundle", type=Path)
     infer.add_argument("images", type=Path, nargs="*", help="one image (extractor-only models) or a pair")
@@ -79,10 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--images", type=Path, help="a directory of photographs (default: the bundle's sample images)")
     evaluate.add_argument("--warps", type=int, default=3, help="seeded warps per image (default 3)")
     evaluate.add_argument("--seed", type=int, default=0)
+    verify = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256, and its signature")
+    verify.add_argument("bundle", type=Path)
     parity = sub.add_parser("parity", help="parity of a built bundle with the upstream reference on photographs")
     parity.add_argument("model")
     parity.add_argument("--target", default="cpu")
     parity.add_argument("--data", type=Path, default=Path("../shared/data"), help="a directory with pairs/ and sequences/")
+    for command in (pull, infer, bench, evaluate, verify):
+        command.add_argument("--trust", type=Path, action="append", metavar="PUBKEY",
+                             help="require a manifest signed by this public key (repeatable; default "
+                                  "$GLUEFORGE_TRUSTED_KEYS, store.trusted_keys of models.yaml)")
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -90,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             print(_parity(args.model, args.target, args.data))
             return 0
         return {"pull": _pull, "infer": _infer, "bench": _bench, "report": _report, "engine": _engine,
-                "evaluate": _evaluate}[args.command](args)
-    except GlueforgeError as e:
+                "evaluate": _evaluate, "verify": _verify, "keygen": _keygen}[args.command](args)
+    except GlueforgeError as e:  # an error the user can act on: one line, status 2
         print(f"glueforge: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -105,8 +138,31 @@ def _pull(args: argparse.Namespace) -> int:
         print("glueforge: no store given: --store, $GLUEFORGE_STORE or store.remote in models.yaml", file=sys.stderr)
         return 2
     path = pull_bundle(open_store(store_url, args.endpoint_url), args.model, args.target, args.dest,
-                       version=args.version, channel=args.channel, check=args.check_compatibility)
+                       version=args.version, channel=args.channel, check=args.check_compatibility,
+                       trusted_keys=trusted_keys(args.trust))
     print(path)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import time
+
+    from glueforge.verify import verify_bundle
+
+    started = time.perf_counter()
+    manifest, size, signer = verify_bundle(args.bundle, trusted_keys(args.trust))
+    signed = f"; manifest signed by trusted key {signer}" if signer else "; signature not checked (no trusted key)"
+    print(f"{args.bundle}: {len(manifest['files'])} files ({size / 1e6:.1f} MB) match the manifest{signed} "
+          f"(checked in {(time.perf_counter() - started) * 1e3:.0f} ms)")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from glueforge import signing
+
+    private, public = signing.keygen(args.out)
+    kid = signing.key_id(signing.load_public(public))
+    print(f"{kid}\nprivate key (keep it secret; publish with signing_key=): {private}\npublic key (pull with --trust): {public}")
     return 0
 
 
@@ -117,7 +173,7 @@ def _infer(args: argparse.Namespace) -> int:
     from glueforge.api import load_image
     from glueforge.draw import keypoints_picture, matches_picture, save
 
-    with glueforge.open(args.bundle) as bundle:
+    with glueforge.open(args.bundle, trust_files(args.trust)) as bundle:
         m = bundle.manifest
         if args.self_test:
             from glueforge.selftest import self_test
@@ -162,7 +218,7 @@ def _bench(args: argparse.Namespace) -> int:
     graphs = [g.strip() for g in args.graphs.split(",")] if args.graphs else None
     records = []
     for path in args.bundles:
-        with glueforge.open(path) as bundle:
+        with glueforge.open(path, trust_files(args.trust)) as bundle:
             rows = bench(bundle, graphs, batches, budget)
             if args.sequence:
                 frames = sorted(p for p in args.sequence.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -207,7 +263,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from glueforge.api import load_image
     from glueforge.homography import ESTIMATOR, bundle_matcher, evaluate, make_warps, matched_points
 
-    with glueforge.open(args.bundle) as bundle:
+    with glueforge.open(args.bundle, trust_files(args.trust)) as bundle:
         if args.images:
             paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if not paths:

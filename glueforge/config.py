@@ -33,11 +33,24 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from glueforge import GlueforgeError, registry
+from glueforge import GlueforgeError, names, registry
 from glueforge.schema import ExtractorSpec, MatcherSpec, Strict, TargetSpec, missing_keypoint_inputs
+
+
+def _plain(check: Callable[[Any, str], str], what: str) -> Callable[[Any], str]:
+    def validate(value: Any) -> str:
+        try:
+            return check(value, what)
+        except names.UnsafeName as e:
+            raise ValueError(str(e)) from None
+
+    return validate
+
+
+# keys of models.yaml that become paths and object keys (glueforge.names)
+SafeName = Annotated[str, AfterValidator(_plain(names.safe_name, "name"))]
 
 
 class ConfigError(GlueforgeError):
@@ -170,6 +183,8 @@ class Remote(Strict):
 class Store(Strict):
     local: str = "artifacts/store"
     remote: Optional[Remote] = None  # where `doit publish` publishes; overridden by store=... on the command line
+    signing_key: Optional[str] = None  # an Ed25519 private key file: `doit publish` signs manifests (glueforge.signing)
+    trusted_keys: list[str] = []  # public key files: `glueforge pull`/`infer`/... require a manifest signed by one
 
 
 class Cache(Strict):
@@ -200,11 +215,7 @@ def project_schema() -> type[BaseModel]:
         @field_validator("version")
         @classmethod
         def _version(cls, v: str) -> str:
-            try:
-                Version(v)
-            except InvalidVersion:
-                raise ValueError("not a PEP 440 version") from None
-            return v
+            return _plain(names.safe_version, "version")(v)
 
         @property
         def graphs(self) -> list[str]:
@@ -240,9 +251,9 @@ def project_schema() -> type[BaseModel]:
             return self
 
     class Project(Strict):
-        weights: dict[str, Weight]
-        models: Annotated[dict[str, Model], Field(min_length=1)]
-        targets: Annotated[dict[str, target], Field(min_length=1)]  # type: ignore[valid-type]
+        weights: dict[SafeName, Weight]
+        models: Annotated[dict[SafeName, Model], Field(min_length=1)]
+        targets: Annotated[dict[SafeName, target], Field(min_length=1)]  # type: ignore[valid-type]
         store: Store = Store()
         cache: Cache = Cache()
 

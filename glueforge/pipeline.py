@@ -277,9 +277,30 @@ class Pipeline:
                 if stage == "bundle":
                     self.store.publish(result.path)
 
-    def publish(self, model: str, target: str, store, channels: list[str]) -> None:
-        """Publish the bundle of ``model`` for ``target`` (built if needed) to ``store``; move ``channels``."""
-        store.publish(self.result("bundle", model, target).path, channels)
+    def publish(self, model: str, target: str, store, channels: list[str], signing_key: Path | None = None) -> None:
+        """Publish the bundle of ``model`` for ``target`` (built if needed) to ``store``; move ``channels``. With
+        ``signing_key``, the published manifest records the key's id and carries its signature (glueforge.signing);
+        the cached bundle stays as built."""
+        import tempfile
+
+        from glueforge import signing
+        from glueforge.store import MANIFEST, SIGNATURE, read_manifest
+
+        bundle = self.result("bundle", model, target).path
+        if signing_key is None:
+            store.publish(bundle, channels)
+            return
+        key = signing.load_private(signing_key)
+        manifest = read_manifest(bundle)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".signed.", dir=self.artifacts) as staged:
+            for name in manifest["files"]:
+                (Path(staged) / name).parent.mkdir(parents=True, exist_ok=True)
+                os.link(bundle / name, Path(staged) / name)  # the same bytes, read-only use
+            body, signature = signing.signed_manifest(manifest, key)
+            (Path(staged) / SIGNATURE).write_bytes(signature)
+            (Path(staged) / MANIFEST).write_bytes(body)
+            store.publish(Path(staged), channels)
 
     def published(self, model: str, target: str, store, channels: list[str]) -> bool:
         result = self.cached("bundle", model, target)

@@ -11,7 +11,6 @@ by an interrupted pull are kept, so running it again completes the bundle.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,9 +20,10 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from glueforge import GlueforgeError, registry
+from glueforge import GlueforgeError, registry, signing
 from glueforge.files import atomic_file, sha256_file
-from glueforge.store import MANIFEST, Store, read_manifest, same_files
+from glueforge.names import safe_name, within
+from glueforge.store import MANIFEST, SIGNATURE, Store, bundle_parts, checked_files, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +74,45 @@ def pull(
     version: str | None = None,
     channel: str | None = None,
     check: bool = False,
+    trusted_keys: dict[str, Any] | None = None,
 ) -> Path:
-    """Install the bundle under ``dest/<model>/<version>/<target>/`` and return that path."""
+    """Install the bundle under ``dest/<model>/<version>/<target>/`` and return that path. Every name that becomes
+    a path (the arguments, the version the store resolves to, the manifest's file names) is checked first."""
+    safe_name(model, "model")
+    safe_name(target, "target")
+    if channel is not None:
+        safe_name(channel, "channel")
+    if Path(dest).exists() and not Path(dest).is_dir():
+        raise PullError(f"--dest {dest} exists and is not a directory")
     resolved = resolve(store, model, target, version, channel)
-    manifest = store.manifest(model, resolved, target)
-    if manifest is None:
+    parts = bundle_parts(model, resolved, target)
+    body = store.manifest_bytes(*parts)
+    if body is None:
         raise PullError(f"{store}: {model} {resolved} for target {target} has no manifest")
+    where = f"{store}: {model} {resolved} for {target}"
+    signature = store.signature(*parts)
+    if trusted_keys:
+        signer = signing.check(body, signature, trusted_keys, where)
+        log.info("%s: manifest signed by trusted key %s", where, signer)
+    manifest = store.manifest(*parts)
+    if (manifest.get("model"), manifest.get("version"), manifest.get("target")) != parts:
+        raise PullError(f"{where}: the manifest names {manifest.get('model')!r} {manifest.get('version')!r} for "
+                        f"{manifest.get('target')!r}; nothing was installed")
+    checked_files(manifest, where)
     if check:
         check_compatibility(manifest)
-    final = Path(dest) / model / resolved / target
+    if not trusted_keys and signature is None:
+        log.warning("%s is unsigned: its files are checked against its manifest, but no key vouches for the manifest "
+                    "(sign at publish, and pull with --trust)", where)
+    final = within(dest, *parts, what="--dest")
     installed = read_manifest(final)
-    if installed is not None and same_files(installed, manifest) and _verified(final, manifest):
+    if installed is not None and (final / MANIFEST).read_bytes() == body and _verified(final, manifest):
         log.info("%s %s for %s already installed at %s", model, resolved, target, final)
         return final
-    staging = Path(dest) / ".partial" / f"{model}-{resolved}-{target}"
+    staging = within(dest, ".partial", f"{model}-{resolved}-{target}", what="--dest")
     staging.mkdir(parents=True, exist_ok=True)
     for name, entry in manifest["files"].items():
-        path = staging / name
+        path = within(staging, name, what="file")
         if path.is_file() and sha256_file(path) == entry["sha256"]:
             continue  # verified by an earlier, interrupted pull
         with atomic_file(path) as part:  # in place only once verified
@@ -102,7 +124,9 @@ def pull(
     # an interrupted download leaves its temporary file (s3transfer's "<name>.<random>") behind
     for leftover in [p for p in staging.rglob("*") if p.is_file() and p.relative_to(staging).as_posix() not in manifest["files"]]:
         leftover.unlink()
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if signature is not None:
+        (staging / SIGNATURE).write_bytes(signature)
+    (staging / MANIFEST).write_bytes(body)  # as stored: the signature covers these bytes
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         shutil.rmtree(final)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from glueforge import GlueforgeError
+from glueforge.names import UnsafeName, safe_name
 
 log = logging.getLogger(__name__)
 MULTIPART_THRESHOLD = 16 << 20
@@ -36,6 +38,13 @@ class Location:
         if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
             raise GlueforgeError(f"not an S3 location: {url!r} (expected s3://bucket[/prefix])")
         bucket, _, prefix = url[5:].partition("/")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or ".." in bucket:
+            raise GlueforgeError(f"{url!r}: {bucket!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.', '-')")
+        for part in [p for p in prefix.split("/") if p]:
+            try:
+                safe_name(part, "prefix part")
+            except UnsafeName as e:
+                raise GlueforgeError(f"{url!r}: {e}") from None
         return cls(bucket, prefix.strip("/"), endpoint_url or os.environ.get("GLUEFORGE_S3_ENDPOINT") or None)
 
     def __str__(self) -> str:

@@ -28,9 +28,11 @@ from typing import Any, Sequence
 
 from glueforge import GlueforgeError
 from glueforge.files import atomic_directory, mismatched, write_atomic
+from glueforge.names import UnsafeName, safe_name, safe_relative, safe_version, within
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # glueforge.signing
 
 
 class StoreConflict(GlueforgeError):
@@ -44,6 +46,29 @@ def read_manifest(bundle: Path) -> dict[str, Any] | None:
         return None
 
 
+def bundle_parts(model: str, version: str, target: str) -> tuple[str, str, str]:
+    """The path components of one bundle, each checked (glueforge.names)."""
+    return safe_name(model, "model"), safe_version(version), safe_name(target, "target")
+
+
+def checked_files(manifest: dict[str, Any], where: object) -> dict[str, Any]:
+    """The manifest's files, refused if any name is not a relative path of safe names (a manifest is read from a
+    store, which anyone with write access to it could have written)."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise UnsafeName(f"{where}: the manifest has no files mapping")
+    for name in files:
+        safe_relative(name, f"{where}: file")
+    return files
+
+
+def _plain_version(text: str) -> bool:
+    try:
+        return bool(safe_version(text))
+    except UnsafeName:
+        return False
+
+
 def same_files(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return {k: v["sha256"] for k, v in a["files"].items()} == {k: v["sha256"] for k, v in b["files"].items()}
 
@@ -55,8 +80,25 @@ def _identity(manifest: dict[str, Any]) -> str:
 class Store:
     """What publishing and pulling need from a store."""
 
-    def manifest(self, model: str, version: str, target: str) -> dict[str, Any] | None:
+    def manifest_bytes(self, model: str, version: str, target: str) -> bytes | None:
+        """The stored manifest.json as written (a signature covers these bytes), or None."""
         raise NotImplementedError
+
+    def signature(self, model: str, version: str, target: str) -> bytes | None:
+        """The stored manifest.sig (glueforge.signing), or None for an unsigned bundle."""
+        raise NotImplementedError
+
+    def manifest(self, model: str, version: str, target: str) -> dict[str, Any] | None:
+        body = self.manifest_bytes(model, version, target)
+        if body is None:
+            return None
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            raise GlueforgeError(f"{self}: the manifest of {model} {version} for {target} is not valid JSON") from None
+        if not isinstance(manifest, dict):
+            raise GlueforgeError(f"{self}: the manifest of {model} {version} for {target} is not a JSON object")
+        return manifest
 
     def versions(self, model: str, target: str) -> list[str]:
         raise NotImplementedError
@@ -94,23 +136,38 @@ class LocalStore(Store):
         return f"local store {self.root}"
 
     def bundle_path(self, model: str, version: str, target: str) -> Path:
-        return self.root / model / version / target
+        return within(self.root, *bundle_parts(model, version, target), what="bundle")
 
-    def manifest(self, model: str, version: str, target: str) -> dict[str, Any] | None:
-        return read_manifest(self.bundle_path(model, version, target))
+    def _pointer(self, model: str, target: str, name: str) -> Path:
+        parts = (safe_name(model, "model"), safe_name(target, "target"), f"{safe_name(name, 'channel')}.json")
+        return within(self.root, ".channels", *parts, what="channel")
+
+    def manifest_bytes(self, model: str, version: str, target: str) -> bytes | None:
+        try:
+            return (self.bundle_path(model, version, target) / MANIFEST).read_bytes()
+        except OSError:
+            return None
+
+    def signature(self, model: str, version: str, target: str) -> bytes | None:
+        try:
+            return (self.bundle_path(model, version, target) / SIGNATURE).read_bytes()
+        except OSError:
+            return None
 
     def versions(self, model: str, target: str) -> list[str]:
-        base = self.root / model
-        return sorted(p.name for p in base.iterdir() if (p / target / MANIFEST).is_file()) if base.is_dir() else []
+        base = within(self.root, safe_name(model, "model"), what="model")
+        safe_name(target, "target")
+        return sorted(p.name for p in base.iterdir() if _plain_version(p.name) and (p / target / MANIFEST).is_file()) if base.is_dir() else []
 
     def channel(self, model: str, target: str, name: str) -> str | None:
         try:
-            return json.loads((self.root / ".channels" / model / target / f"{name}.json").read_text())["version"]
+            return json.loads(self._pointer(model, target, name).read_text())["version"]
         except (OSError, ValueError, KeyError):
             return None
 
     def fetch_file(self, manifest: dict[str, Any], name: str, dest: Path) -> None:
-        shutil.copyfile(self.bundle_path(manifest["model"], manifest["version"], manifest["target"]) / name, dest)
+        bundle = self.bundle_path(manifest["model"], manifest["version"], manifest["target"])
+        shutil.copyfile(within(bundle, safe_relative(name, "file"), what="file"), dest)
 
     def has(self, manifest: dict[str, Any], verify: bool = False) -> bool:
         return super().has(manifest) and (not verify or not self.damaged(manifest))
@@ -124,6 +181,9 @@ class LocalStore(Store):
         manifest = read_manifest(staged)
         if manifest is None:
             raise GlueforgeError(f"{staged}: no readable {MANIFEST}; a bundle without a manifest does not exist")
+        checked_files(manifest, staged)
+        for name in channels:
+            self._pointer(manifest["model"], manifest["target"], name)  # every name checked before anything is written
         dest = self.bundle_path(manifest["model"], manifest["version"], manifest["target"])
         existing = read_manifest(dest)
         damaged = self.damaged(manifest) if existing is not None and same_files(existing, manifest) else []
@@ -137,11 +197,12 @@ class LocalStore(Store):
                 for name in manifest["files"]:
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(staged / name, tmp / name)
+                if (staged / SIGNATURE).is_file():
+                    shutil.copyfile(staged / SIGNATURE, tmp / SIGNATURE)
                 shutil.copyfile(staged / MANIFEST, tmp / MANIFEST)  # the manifest last
             log.info("published %s to %s", _identity(manifest), dest)
         for name in channels:
-            pointer = self.root / ".channels" / manifest["model"] / manifest["target"] / f"{name}.json"
-            write_atomic(pointer, json.dumps({"version": manifest["version"]}))
+            write_atomic(self._pointer(manifest["model"], manifest["target"], name), json.dumps({"version": manifest["version"]}))
         return dest
 
 
@@ -156,21 +217,29 @@ class S3Store(Store):
         return f"store {self.location}"
 
     def _manifest_key(self, model: str, version: str, target: str) -> str:
-        return self.location.key("bundles", model, version, target, MANIFEST)
+        return self.location.key("bundles", *bundle_parts(model, version, target), MANIFEST)
+
+    def _pointer_key(self, model: str, target: str, name: str) -> str:
+        return self.location.key("channels", safe_name(model, "model"), safe_name(target, "target"),
+                                 f"{safe_name(name, 'channel')}.json")
 
     def blob_key(self, sha256: str) -> str:
+        if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise UnsafeName(f"{self}: {sha256!r} is not a sha256 digest")
         return self.location.key("blobs", "sha256", sha256)
 
-    def manifest(self, model: str, version: str, target: str) -> dict[str, Any] | None:
-        body = self.bucket.get_bytes(self._manifest_key(model, version, target))
-        return json.loads(body) if body is not None else None
+    def manifest_bytes(self, model: str, version: str, target: str) -> bytes | None:
+        return self.bucket.get_bytes(self._manifest_key(model, version, target))
+
+    def signature(self, model: str, version: str, target: str) -> bytes | None:
+        return self.bucket.get_bytes(self.location.key("bundles", *bundle_parts(model, version, target), SIGNATURE))
 
     def versions(self, model: str, target: str) -> list[str]:
-        candidates = self.bucket.list_prefixes(self.location.key("bundles", model))
-        return [v for v in candidates if self.bucket.exists(self._manifest_key(model, v, target))]
+        candidates = self.bucket.list_prefixes(self.location.key("bundles", safe_name(model, "model")))
+        return [v for v in candidates if _plain_version(v) and self.bucket.exists(self._manifest_key(model, v, target))]
 
     def channel(self, model: str, target: str, name: str) -> str | None:
-        body = self.bucket.get_bytes(self.location.key("channels", model, target, f"{name}.json"))
+        body = self.bucket.get_bytes(self._pointer_key(model, target, name))
         return json.loads(body)["version"] if body is not None else None
 
     def fetch_file(self, manifest: dict[str, Any], name: str, dest: Path) -> None:
@@ -187,23 +256,54 @@ class S3Store(Store):
         manifest = read_manifest(staged)
         if manifest is None:
             raise GlueforgeError(f"{staged}: no readable {MANIFEST}; a bundle without a manifest does not exist")
+        checked_files(manifest, staged)
+        pointers = [self._pointer_key(manifest["model"], manifest["target"], name) for name in channels]
         key = self._manifest_key(manifest["model"], manifest["version"], manifest["target"])
         if not self._refuse_or_accept(self.manifest(manifest["model"], manifest["version"], manifest["target"]), manifest):
             self.upload_blobs(staged, manifest["files"])  # files first ...
+            if (staged / SIGNATURE).is_file():  # ... the signature of the manifest to come ...
+                self.bucket.put_bytes(self.location.key("bundles", *bundle_parts(manifest["model"], manifest["version"],
+                                                                                 manifest["target"]), SIGNATURE),
+                                      (staged / SIGNATURE).read_bytes())
             if self.bucket.put_if_absent(key, (staged / MANIFEST).read_bytes()):  # ... the manifest last
                 log.info("published %s to %s", _identity(manifest), self)
             else:  # another publisher wrote it between our check and our write
                 self._refuse_or_accept(self.manifest(manifest["model"], manifest["version"], manifest["target"]), manifest)
-        for name in channels:
-            self.bucket.put_bytes(self.location.key("channels", manifest["model"], manifest["target"], f"{name}.json"),
-                                  json.dumps({"version": manifest["version"]}).encode())
+        for name, pointer in zip(channels, pointers):
+            self.bucket.put_bytes(pointer, json.dumps({"version": manifest["version"]}).encode())
             log.info("channel %s of %s for %s -> %s", name, manifest["model"], manifest["target"], manifest["version"])
         return key
 
 
-def open_store(url: str | os.PathLike, endpoint_url: str | None = None) -> Store:
-    """``s3://bucket/prefix`` (with an optional endpoint URL) or a local directory."""
-    text = str(url)
+class BadLocation(GlueforgeError):
+    """A store location that is neither ``s3://bucket[/prefix]`` nor a local path."""
+
+
+def parse_location(url: str | os.PathLike) -> str | Path:
+    """A store location, parsed strictly: ``s3://bucket[/prefix]`` (returned as text), a local path without a scheme,
+    or ``file://PATH`` (returned as a Path). Anything else (``ftp://x``, ``s3:/x``, ``http://host/b``) is refused
+    rather than taken for a directory name."""
+    import re
+
+    text = os.fspath(url)
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", text)
+    if scheme is None:
+        if not text.strip():
+            raise BadLocation("the store location is empty: give s3://bucket[/prefix] or a directory")
+        return Path(text)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
     if text.startswith("s3://"):
-        return S3Store(text, endpoint_url)
-    return LocalStore(Path(text))
+        from glueforge.s3 import Location
+
+        Location.parse(text)  # the bucket and prefix checked
+        return text
+    raise BadLocation(f"store {text!r}: unsupported location (give s3://bucket[/prefix], a directory, or file://PATH)")
+
+
+def open_store(url: str | os.PathLike, endpoint_url: str | None = None) -> Store:
+    """``s3://bucket/prefix`` (with an optional endpoint URL) or a local directory (``parse_location``)."""
+    location = parse_location(url)
+    if isinstance(location, str):
+        return S3Store(location, endpoint_url)
+    return LocalStore(location)

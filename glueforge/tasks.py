@@ -6,15 +6,17 @@ date is decided by its action key (content), not by file times.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 from doit.exceptions import TaskFailed
 
-from glueforge import PROJECT_ROOT, GlueforgeError
+from glueforge import PROJECT_ROOT, GlueforgeError, names
 from glueforge.log import configure_logging
 from glueforge.pipeline import STAGES, Pipeline
+from glueforge.store import parse_location
 
 
 def _task_of(stage: str) -> str:
@@ -54,22 +56,25 @@ class Plan:
         endpoint: str | None = None,
         channels: str = "latest",
         unvalidated: bool = False,
+        signing_key: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.target = target
         pipeline.config.target(target)
         self.models = pipeline.config.select_models(models)
-        if version:
-            from packaging.version import InvalidVersion, Version
-
-            try:
-                Version(version)
-            except InvalidVersion:
-                raise GlueforgeError(f"version={version!r} is not a PEP 440 version") from None
-        pipeline.version_override = version
+        pipeline.version_override = names.safe_version(version, "version=") if version else None
         pipeline.unvalidated = unvalidated
-        self.channels = [c.strip() for c in channels.split(",") if c.strip()]
+        self.channels = [names.safe_name(c.strip(), "channel=") for c in channels.split(",") if c.strip()]
         self._store_args = (store, endpoint)
+        # signing_key=PATH, else $GLUEFORGE_SIGNING_KEY, else store.signing_key of models.yaml (relative to the project)
+        key = signing_key or os.environ.get("GLUEFORGE_SIGNING_KEY") or pipeline.config.project.store.signing_key
+        self.signing_key = Path(key) if key else None
+        if self.signing_key is not None and not self.signing_key.is_absolute() and not signing_key:
+            self.signing_key = pipeline.root / self.signing_key
+        if self.signing_key is not None and not self.signing_key.is_file():
+            raise GlueforgeError(f"signing key {self.signing_key}: no such file (glueforge keygen --out DIR writes one)")
+        if store is not None:
+            parse_location(store)  # refused here, before any task runs
 
     def remote_store(self):
         """The store `doit publish` writes to: store=... on the command line, else store.remote of models.yaml."""
@@ -129,7 +134,7 @@ class Plan:
             }
 
     def _publish(self, model: str) -> None:
-        self.pipeline.publish(model, self.target, self.remote_store(), self.channels)
+        self.pipeline.publish(model, self.target, self.remote_store(), self.channels, self.signing_key)
 
     def _published(self, model: str) -> bool:
         return self.pipeline.published(model, self.target, self.remote_store(), self.channels)

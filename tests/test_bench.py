@@ -61,7 +61,7 @@ def test_bench_sequence_times_the_tracking_loop_next_to_the_pair_graph(openvino_
 def test_bench_refuses_a_graph_the_bundle_lacks(openvino_built):
     bundle = openvino_built / "artifacts/store" / "aliked_t16" / VERSIONS["aliked_t16"] / "cpu"
     proc = _glueforge("bench", str(bundle), "--graphs", "matcher", "--runs", "1")
-    assert proc.returncode == 1 and "has no graph matcher; its graphs: extractor" in proc.stderr
+    assert proc.returncode == 2 and "has no graph matcher; its graphs: extractor" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

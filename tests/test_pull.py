@@ -53,7 +53,7 @@ def test_pull_only_environment_pulls_and_verifies(s3_server, tmp_path):
 
     refused = subprocess.run([str(glueforge), "pull", MODEL, "--target", "orin_nano", "--check-compatibility", *common],
                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "", "GLUEFORGE_COMPUTE_CAPABILITY": "8.6"})
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "needs tensorrt 10.3.0 on compute capability 8.7" in refused.stderr
     assert "this machine has tensorrt not installed on compute capability 8.6" in refused.stderr
     assert not (tmp_path / "bundles" / MODEL / "1.4.0" / "orin_nano").exists()

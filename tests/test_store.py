@@ -146,7 +146,7 @@ def test_stopped_server_gives_a_clear_error_and_nothing_half_published(s3_server
         proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "pull", MODEL, "--target", TARGET, "--dest",
                                str(tmp_path / "cache"), "--store", s3_server.url("t/stopped"), "--endpoint-url", s3_server.endpoint],
                               capture_output=True, text=True, env={**os.environ, "GLUEFORGE_S3_ATTEMPTS": "2"})
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert "cannot connect to the endpoint" in proc.stderr
     finally:
         s3_server.start()
@@ -168,7 +168,7 @@ def test_no_credential_in_logs_manifests_or_errors(s3_server, tmp_path, caplog):
     wrong = subprocess.run([sys.executable, "-m", "glueforge.cli", "pull", MODEL, "--target", TARGET, "--dest", str(tmp_path / "c3"),
                             "--store", s3_server.url("t/secrets"), "--endpoint-url", s3_server.endpoint], capture_output=True, text=True,
                            env={**env, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key[::-1]})
-    assert ok.returncode == 0 and wrong.returncode == 1 and "SignatureDoesNotMatch" in wrong.stderr
+    assert ok.returncode == 0 and wrong.returncode == 2 and "SignatureDoesNotMatch" in wrong.stderr
     texts = [caplog.text, ok.stdout, ok.stderr, wrong.stdout, wrong.stderr, (pulled / "manifest.json").read_text()]
     for text in texts:
         for secret in (*secrets, s3_server.secret_key[::-1]):

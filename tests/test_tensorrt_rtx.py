@@ -116,4 +116,4 @@ def test_engine_rebuilds_from_the_bundle_alone(rtx_built, tmp_path):
     assert abs(size - manifest["files"]["extractor.engine"]["size"]) < 0.05 * size
     refused = subprocess.run([sys.executable, "-m", "glueforge.cli", "engine", str(bundle), "--graph", "nope", "--out",
                               str(tmp_path / "x")], capture_output=True, text=True)
-    assert refused.returncode == 1 and "has no graph nope; its graphs: end2end, extractor, matcher" in refused.stderr
+    assert refused.returncode == 2 and "has no graph nope; its graphs: end2end, extractor, matcher" in refused.stderr
