@@ -17,12 +17,13 @@ class GlueforgeError(RuntimeError):
     """
 
 
-def open(path):  # noqa: A001 - glueforge.open(bundle_dir), the runtime API's entry point
-    """Open a bundle directory for running: ``extract``, ``match``, ``match_pair`` (``glueforge.api.open``).
+def open(path, trusted_keys=None):  # noqa: A001 - glueforge.open(bundle_dir), the runtime API's entry point
+    """Open a bundle directory for running: ``extract``, ``match``, ``match_pair`` (``glueforge.api.open``), once its
+    files match its manifest, and with ``trusted_keys`` (public key files) once one of them signed it.
 
     Imported by name at call time: every module imports this package, and a static import here would
     put the runtime API into the code identity of every stage.
     """
     import importlib
 
-    return importlib.import_module("glueforge.api").open(path)
+    return importlib.import_module("glueforge.api").open(path, trusted_keys)

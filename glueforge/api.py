@@ -234,17 +234,46 @@ def run_spec(io: Mapping[str, Any], runtime: Mapping[str, Any], extractor: Any, 
     }
 
 
+GREY_MODES = ("1", "L", "LA", "La")  # Pillow's modes of grey images (with alpha: the alpha is dropped)
+COLOUR_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey (PNG, TIFF), as integers up to 65535
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as the API takes it: (H, W) uint8 for grey files, (H, W, 3) uint8 RGB otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as the API takes it, turned upright by its EXIF orientation: (H, W) for grey files, (H, W, 3)
+    RGB otherwise; uint8 for 8-bit files, float32 in [0, 1] for 16-bit grey (no precision lost, nothing saturated).
+    Palette, CMYK and alpha images are converted; any other kind is refused, naming the mode."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("L") if image.mode in ("L", "I;16", "I", "F") else image.convert("RGB"))
+            upright = ImageOps.exif_transpose(image)
+            return _pixels(upright, path)
     except FileNotFoundError:
         raise BundleError(f"{path}: no such image file") from None
+    except IsADirectoryError:
+        raise BundleError(f"{path}: a directory, not an image file") from None
     except (UnidentifiedImageError, OSError) as e:
         raise BundleError(f"{path}: not an image Pillow can read ({e})") from None
+
+
+def _pixels(image: Any, path: str | Path) -> np.ndarray:
+    mode = image.mode
+    if mode in DEEP_MODES:
+        values = np.asarray(image).astype(np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise BundleError(f"{path}: {mode} pixel values outside 0..65535; convert it to an 8- or 16-bit image")
+        return (values / 65535.0).astype(np.float32)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all() or (values.size and (values.min() < 0 or values.max() > 1)):
+            raise BundleError(f"{path}: a floating-point image must hold values in [0, 1]")
+        return values
+    if mode in GREY_MODES:
+        return np.asarray(image.convert("L"))
+    if mode in COLOUR_MODES:
+        return np.asarray(image.convert("RGB"))
+    raise BundleError(f"{path}: unsupported image mode {mode!r}; give an 8- or 16-bit grey, RGB, palette or CMYK image")
 
 
 def open(path: str | Path, trusted_keys: Sequence[str | Path] | None = None) -> "Bundle":  # noqa: A001 - as DESIGN.md names it

@@ -25,6 +25,66 @@ from glueforge import GlueforgeError
 from glueforge.log import configure_logging
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line and exit status 2 (argparse prints the whole usage first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    parse.__name__ = f"count >= {minimum}"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _batches(text: str) -> list[int]:
+    values = [b.strip() for b in text.split(",") if b.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names no batch size")
+    return [_count(1)(b) for b in values]
+
+
+def _existing(kind: str):
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"{text}: no such {kind}")
+        if (kind == "directory") != path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: not a {kind}")
+        return path
+
+    parse.__name__ = kind
+    return parse
+
+
+def _writable_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a directory; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no directory {path.parent} to write it in")
+    return path
+
+
 def _store_settings() -> dict:
     """``store`` of ./models.yaml, read with PyYAML only (the pull-only install has no glueforge.config)."""
     path = Path.cwd() / "models.yaml"
@@ -63,8 +123,8 @@ def trusted_keys(given: list[Path] | None) -> dict:
     return signing.trusted(trust_files(given))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="glueforge", description="glueforge: versioned engine bundles")
+def build_parser() -> Parser:
+    parser = Parser(prog="glueforge", description="glueforge: versioned engine bundles")
     sub = parser.add_subparsers(dest="command", required=True)
     pull = sub.add_parser("pull", help="pull, verify and install a bundle")
     pull.add_argument("model")
@@ -79,44 +139,48 @@ def main(argv: list[str] | None = None) -> int:
     keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for signing manifests")
     keygen.add_argument("--out", type=Path, required=True, help="a directory: glueforge.key and glueforge.pub")
     infer = sub.add_parser("infer", help="run a bundle on images: counts, time, and a picture of the matches")
-    infer.add_argument("bundle", type=Path)
-    infer.add_argument("images", type=Path, nargs="*", help="one image (extractor-only models) or a pair")
-    infer.add_argument("--out", type=Path, help="write the picture of the matches (or keypoints) here")
+    infer.add_argument("bundle", type=_existing("directory"))
+    infer.add_argument("images", type=_existing("file"), nargs="*", help="one image (extractor-only models) or a pair")
+    infer.add_argument("--out", type=_writable_file, help="write the picture of the matches (or keypoints) here")
     infer.add_argument("--self-test", action="store_true", help="run the bundle's sample; compare with what it recorded")
     bench = sub.add_parser("bench", help="latency, throughput and peak memory of a bundle's graphs")
-    bench.add_argument("bundles", type=Path, nargs="+", metavar="bundle")
+    bench.add_argument("bundles", type=_existing("directory"), nargs="+", metavar="bundle")
     bench.add_argument("--graphs", help="comma-separated (default: every graph of the bundle)")
-    bench.add_argument("--batch", default="1", help="comma-separated batch sizes: pairs, or images for the extractor")
-    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--batch", type=_batches, default=[1], help="comma-separated batch sizes: pairs, or images for the extractor")
+    bench.add_argument("--warmup", type=_count(0), default=3)
     budget = bench.add_mutually_exclusive_group()
-    budget.add_argument("--runs", type=int, help="exactly this many timed runs per row")
-    budget.add_argument("--seconds", type=float, default=10.0, help="per row: until stable, or this long (default 10)")
-    bench.add_argument("--sequence", type=Path, help="a directory of frames: time the tracking loop on them")
+    budget.add_argument("--runs", type=_count(1), help="exactly this many timed runs per row")
+    budget.add_argument("--seconds", type=_seconds, default=10.0, help="per row: until stable, or this long (default 10)")
+    bench.add_argument("--sequence", type=_existing("directory"), help="a directory of frames: time the tracking loop on them")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    bench.add_argument("--out", type=Path, help="also write the JSON here")
+    bench.add_argument("--out", type=_writable_file, help="also write the JSON here")
     report = sub.add_parser("report", help="an index page of every bundle in a local store")
-    report.add_argument("store", type=Path)
-    report.add_argument("--out", type=Path, help="default: STORE/index.html")
+    report.add_argument("store", type=_existing("directory"))
+    report.add_argument("--out", type=_writable_file, help="default: STORE/index.html")
     engine = sub.add_parser("engine", help="rebuild a bundle's engines from the ONNX it ships (TensorRT, TensorRT-RTX)")
-    engine.add_argument("bundle", type=Path)
+    engine.add_argument("bundle", type=_existing("directory"))
     engine.add_argument("--out", type=Path, required=True)
     engine.add_argument("--graph", action="append", help="only this graph (repeatable)")
     evaluate = sub.add_parser("evaluate", help="homography accuracy of a bundle on synthetic warps of your images")
-    evaluate.add_argument("bundle", type=Path)
-    evaluate.add_argument("--images", type=Path, help="a directory of photographs (default: the bundle's sample images)")
-    evaluate.add_argument("--warps", type=int, default=3, help="seeded warps per image (default 3)")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("bundle", type=_existing("directory"))
+    evaluate.add_argument("--images", type=_existing("directory"), help="a directory of photographs (default: the bundle's sample images)")
+    evaluate.add_argument("--warps", type=_count(1), default=3, help="seeded warps per image (default 3)")
+    evaluate.add_argument("--seed", type=_count(0), default=0)
     verify = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256, and its signature")
-    verify.add_argument("bundle", type=Path)
+    verify.add_argument("bundle", type=_existing("directory"))
     parity = sub.add_parser("parity", help="parity of a built bundle with the upstream reference on photographs")
     parity.add_argument("model")
     parity.add_argument("--target", default="cpu")
-    parity.add_argument("--data", type=Path, default=Path("../shared/data"), help="a directory with pairs/ and sequences/")
+    parity.add_argument("--data", type=_existing("directory"), default=Path("../shared/data"), help="a directory with pairs/ and sequences/")
     for command in (pull, infer, bench, evaluate, verify):
-        command.add_argument("--trust", type=Path, action="append", metavar="PUBKEY",
+        command.add_argument("--trust", type=_existing("file"), action="append", metavar="PUBKEY",
                              help="require a manifest signed by this public key (repeatable; default "
                                   "$GLUEFORGE_TRUSTED_KEYS, store.trusted_keys of models.yaml)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     configure_logging()
     try:
         if args.command == "parity":
@@ -214,7 +278,7 @@ def _bench(args: argparse.Namespace) -> int:
     from glueforge.bench import Budget, bench, report, sequence, table
 
     budget = Budget(warmup=args.warmup, runs=args.runs, seconds=args.seconds)
-    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    batches = args.batch
     graphs = [g.strip() for g in args.graphs.split(",")] if args.graphs else None
     records = []
     for path in args.bundles:

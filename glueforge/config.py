@@ -118,6 +118,15 @@ Source = Annotated[
 _SOURCE_KINDS = {"https": HttpsSource, "file": FileSource, "s3": S3Source, "pypi": PypiSource}
 
 
+class License(Strict):
+    """The terms a weight file comes under, as its upstream states them."""
+
+    spdx: Annotated[str, Field(min_length=1)]  # an SPDX id, or LicenseRef-... for terms without one
+    commercial: bool  # whether the terms allow commercial use (False also where upstream leaves it unclear)
+    source: Annotated[str, Field(pattern=r"^https://")]  # where upstream says so (a LICENSE file or README line)
+    note: Optional[str] = None
+
+
 class Weight(Strict):
     """A weight file: its sources, tried in order, and the sha256 it is held to.
 
@@ -129,6 +138,7 @@ class Weight(Strict):
     sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
     trust: Optional[Literal["first-use"]] = None
     sources: Annotated[list[Source], Field(min_length=1)]
+    license: Optional[License] = None  # None: undeclared (a weight a team brings says so in its overlay)
     note: Optional[str] = None
 
     @model_validator(mode="after")
@@ -184,6 +194,9 @@ class Store(Strict):
     local: str = "artifacts/store"
     remote: Optional[Remote] = None  # where `doit publish` publishes; overridden by store=... on the command line
     signing_key: Optional[str] = None  # an Ed25519 private key file: `doit publish` signs manifests (glueforge.signing)
+    # weights whose licence forbids commercial use that this team publishes anyway (research), named one by one:
+    # `doit publish` refuses a bundle built on any other such weight
+    acknowledge_noncommercial: list[str] = []
     trusted_keys: list[str] = []  # public key files: `glueforge pull`/`infer`/... require a manifest signed by one
 
 
@@ -265,6 +278,10 @@ def project_schema() -> type[BaseModel]:
                     if ref is not None and ref not in self.weights:
                         raise ValueError(f"models.{name}.{part}.weights: unknown weight {ref!r}; "
                                          f"declared weights: {', '.join(self.weights)}")
+            for name in self.store.acknowledge_noncommercial:
+                if name not in self.weights:
+                    raise ValueError(f"store.acknowledge_noncommercial: unknown weight {name!r}; "
+                                     f"declared weights: {', '.join(self.weights)}")
             for tname, t in self.targets.items():
                 if t.max_keypoints is None:
                     continue

@@ -278,15 +278,18 @@ class Pipeline:
                     self.store.publish(result.path)
 
     def publish(self, model: str, target: str, store, channels: list[str], signing_key: Path | None = None) -> None:
-        """Publish the bundle of ``model`` for ``target`` (built if needed) to ``store``; move ``channels``. With
-        ``signing_key``, the published manifest records the key's id and carries its signature (glueforge.signing);
-        the cached bundle stays as built."""
+        """Publish the bundle of ``model`` for ``target`` (built if needed) to ``store``; move ``channels``. A bundle
+        built on a weight whose licence forbids commercial use is refused unless ``store.acknowledge_noncommercial``
+        names that weight. With ``signing_key``, the published manifest records the key's id and carries its
+        signature (glueforge.signing); the cached bundle stays as built."""
         import tempfile
 
         from glueforge import signing
+        from glueforge.licenses import check_publishable
         from glueforge.store import MANIFEST, SIGNATURE, read_manifest
 
         bundle = self.result("bundle", model, target).path
+        check_publishable(read_manifest(bundle), self.config.project.store.acknowledge_noncommercial, self.config.where)
         if signing_key is None:
             store.publish(bundle, channels)
             return
@@ -327,7 +330,8 @@ class Pipeline:
         for role, name in job.weight_names().items():
             w = self.config.project.weights[name]
             weights[role] = {"name": name, "sha256": self.weight_digest(name),
-                             "trust": "declared" if w.sha256 else "first-use", "sources": [describe(s) for s in w.sources]}
+                             "trust": "declared" if w.sha256 else "first-use", "sources": [describe(s) for s in w.sources],
+                             "license": w.license.model_dump(mode="json", exclude_none=True) if w.license else None}
         prov = {
             "weights": weights,
             "code": code_digests([m for graph in job.graphs for m in STAGES["export"].modules(job, graph)]),

@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from glueforge import GlueforgeError, registry, signing
 from glueforge.files import atomic_file, sha256_file
+from glueforge.licenses import summary
 from glueforge.names import safe_name, within
 from glueforge.store import MANIFEST, SIGNATURE, Store, bundle_parts, checked_files, read_manifest
 
@@ -101,9 +102,6 @@ def pull(
     checked_files(manifest, where)
     if check:
         check_compatibility(manifest)
-    if not trusted_keys and signature is None:
-        log.warning("%s is unsigned: its files are checked against its manifest, but no key vouches for the manifest "
-                    "(sign at publish, and pull with --trust)", where)
     final = within(dest, *parts, what="--dest")
     installed = read_manifest(final)
     if installed is not None and (final / MANIFEST).read_bytes() == body and _verified(final, manifest):
@@ -131,7 +129,10 @@ def pull(
     if final.exists():
         shutil.rmtree(final)
     os.rename(staging, final)  # one rename installs the verified bundle
-    log.info("installed %s %s for %s at %s", model, resolved, target, final)
+    log.info("installed %s %s for %s at %s; %s", model, resolved, target, final, summary(manifest))
+    if not trusted_keys and signature is None:
+        log.warning("%s is unsigned: its files matched its manifest, but no key vouches for the manifest "
+                    "(sign at publish, and pull with --trust)", where)
     return final
 
 

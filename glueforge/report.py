@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from glueforge.licenses import summary
+
 REPORT = "report.html"
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -207,6 +209,10 @@ def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapp
     provenance = _table(None, [
         *((f"weight ({_e(role)})", f"{_e(w['name'])} sha256 <code>{_e(w['sha256'][:16])}&hellip;</code> "
            f"({_e(w['trust'])}); {_e('; '.join(w['sources']))}") for role, w in (prov.get("weights") or {}).items()),
+        ("licences", _e(summary(m).removeprefix("licences: "))),
+        *((f"licence of {_e(name)}", f"{_e(lic['spdx'])}, commercial use {'allowed' if lic['commercial'] else 'NOT allowed'}; "
+           f"<a href='{_e(lic['source'])}'>{_e(lic['source'])}</a>") for name, lic in (m.get("licenses") or {}).get("weights", {}).items()
+          if isinstance(lic, dict)),
         ("tools", _e(", ".join(f"{k} {v}" for k, v in (prov.get("tools") or {}).items()))),
         ("git commit", _e(prov.get("git_commit"))), ("config digest", f"<code>{_e(prov.get('config_digest'))}</code>"),
         *((("overlays", _e(", ".join(prov["overlays"]))),) if prov.get("overlays") else ()),

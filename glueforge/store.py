@@ -167,7 +167,11 @@ class LocalStore(Store):
 
     def fetch_file(self, manifest: dict[str, Any], name: str, dest: Path) -> None:
         bundle = self.bundle_path(manifest["model"], manifest["version"], manifest["target"])
-        shutil.copyfile(within(bundle, safe_relative(name, "file"), what="file"), dest)
+        try:
+            shutil.copyfile(within(bundle, safe_relative(name, "file"), what="file"), dest)
+        except OSError as e:
+            raise GlueforgeError(f"{self}: {_identity(manifest)}: cannot read {name} ({e.strerror}); the stored bundle "
+                                 "is incomplete") from None
 
     def has(self, manifest: dict[str, Any], verify: bool = False) -> bool:
         return super().has(manifest) and (not verify or not self.damaged(manifest))

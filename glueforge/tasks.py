@@ -67,10 +67,9 @@ class Plan:
         self.channels = [names.safe_name(c.strip(), "channel=") for c in channels.split(",") if c.strip()]
         self._store_args = (store, endpoint)
         # signing_key=PATH, else $GLUEFORGE_SIGNING_KEY, else store.signing_key of models.yaml (relative to the project)
-        key = signing_key or os.environ.get("GLUEFORGE_SIGNING_KEY") or pipeline.config.project.store.signing_key
+        configured = pipeline.config.project.store.signing_key
+        key = signing_key or os.environ.get("GLUEFORGE_SIGNING_KEY") or (str(pipeline.root / configured) if configured else None)
         self.signing_key = Path(key) if key else None
-        if self.signing_key is not None and not self.signing_key.is_absolute() and not signing_key:
-            self.signing_key = pipeline.root / self.signing_key
         if self.signing_key is not None and not self.signing_key.is_file():
             raise GlueforgeError(f"signing key {self.signing_key}: no such file (glueforge keygen --out DIR writes one)")
         if store is not None:

@@ -72,7 +72,7 @@ def test_every_bundle_passes_the_gate_with_engine_and_reference_figures(openvino
 
 def _damaged(bundle_dir, out):
     """A copy of a cpu bundle whose matcher weights carry 60 % multiplicative noise (the extractor is intact,
-    so keypoints and descriptors are as before and only the matches suffer)."""
+    so keypoints and descriptors are as before and only the matches suffer), bundled as built."""
     import shutil
 
     shutil.copytree(bundle_dir, out)
@@ -85,6 +85,13 @@ def _damaged(bundle_dir, out):
             if init.name in matcher and w.dtype == np.float32 and w.size > 16:
                 init.CopyFrom(numpy_helper.from_array((w * (1 + 0.6 * rng.standard_normal(w.shape))).astype(np.float32), init.name))
         onnx.save(model, str(out / f"{graph}.onnx"))
+    # as a bad build would have bundled it: the manifest lists the damaged files' digests (glueforge.open checks them)
+    from glueforge.cache import describe_files
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").unlink()
+    manifest["files"] = describe_files(out)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
 
 

@@ -88,3 +88,30 @@ def test_seeded_models_survive_degenerate_inputs(seeded, target):
         with (measured_bundle(directory) if target == "rtx" else glueforge.open(directory)) as bundle:
             found = problems(bundle, half(np.load(directory / "sample.npz")["image0"]), trained_matcher=False)
         assert found == [], (model, found)
+
+
+def test_noncommercial_weights_publish_only_when_acknowledged(seeded, tmp_path):
+    """Magic Leap's SuperPoint weights (and superpoint_lightglue, usable only with them) forbid commercial use: their
+    licence is in the manifest and report, and `doit publish` refuses them until the configuration names them."""
+    from tests.project import REPO, doit
+
+    bundle = seeded.project / "artifacts/store/superpoint_lightglue" / VERSIONS["superpoint_lightglue"] / "cpu"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["licenses"]["commercial"] is False
+    assert manifest["licenses"]["weights"]["superpoint_v1"]["spdx"] == "LicenseRef-MagicLeap-SuperPoint-NonCommercial"
+    assert "LicenseRef-MagicLeap-SuperPoint-NonCommercial" in (bundle / "report.html").read_text()
+    config = f"config={seeded.overlay},{REPO / 'tests' / 'ci.yaml'}"
+    store = tmp_path / "store"
+    proc, executed, _ = doit(seeded.project, "publish", "target=cpu", config, "model=superpoint_lightglue", f"store={store}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "forbids commercial use" in out and "store.acknowledge_noncommercial" in out, out[-3000:]
+    assert "superpoint_v1: LicenseRef-MagicLeap-SuperPoint-NonCommercial" in out and "Traceback" not in out
+    assert not (store / "superpoint_lightglue").exists()
+    proc, executed, _ = doit(seeded.project, "publish", "target=cpu", config, "model=superpoint_open", f"store={store}")
+    assert proc.returncode == 0 and executed == ["publish:cpu:superpoint_open"], proc.stderr[-3000:]  # MIT
+    acknowledged = tmp_path / "research.yaml"
+    acknowledged.write_text("store: {acknowledge_noncommercial: [superpoint_v1, superpoint_lightglue]}\n")
+    proc, executed, _ = doit(seeded.project, "publish", "target=cpu", f"{config},{acknowledged}", "model=superpoint_lightglue",
+                             f"store={store}")
+    assert proc.returncode == 0 and "bundle:cpu:superpoint_lightglue" not in executed, proc.stderr[-3000:]
+    assert (store / "superpoint_lightglue" / VERSIONS["superpoint_lightglue"] / "cpu" / "manifest.json").is_file()

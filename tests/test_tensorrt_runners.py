@@ -64,6 +64,8 @@ def stand_in_bundles(rtx_built, tmp_path_factory) -> dict[str, Path]:
     finally:
         sys.path.remove(str(STAND_IN))
         sys.modules.pop("tensorrt", None)
+    from glueforge.cache import describe_files
+
     source = rtx_built / "artifacts/store" / MODEL / VERSIONS[MODEL] / "rtx"
     bundles = {}
     for runtime in RUNTIMES:
@@ -75,6 +77,8 @@ def stand_in_bundles(rtx_built, tmp_path_factory) -> dict[str, Path]:
         if runtime == "tensorrt":
             built = {k: v for k, v in manifest["runtime"].items() if k != "tensorrt_rtx"}
             manifest["runtime"] = {**built, "runtime": "tensorrt", "tensorrt": "10.3.0", "compute_capability": ["8.7"]}
+        (dest / "manifest.json").unlink()
+        manifest["files"] = describe_files(dest)  # the stand-in engines, as a build would have listed them
         (dest / "manifest.json").write_text(json.dumps(manifest))
         bundles[runtime] = dest
     return bundles
@@ -135,5 +139,5 @@ def test_without_the_device_the_runner_says_what_is_missing(stand_in_bundles, tm
     env = {**os.environ, "GLUEFORGE_COMPUTE_CAPABILITY": "8.6"}
     plain = subprocess.run([sys.executable, "-m", "glueforge.cli", "infer", str(stand_in_bundles["tensorrt"]), "--self-test"],
                            capture_output=True, text=True, env=env)
-    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert "needs tensorrt 10.3.0 on compute capability 8.7" in plain.stderr or "no TensorRT Python package" in plain.stderr

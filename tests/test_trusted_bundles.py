@@ -1,5 +1,6 @@
-"""Real bundles refuse to run once changed, and a signed bundle published by `doit publish` pulls and opens for whoever
-trusts its key (issue 16). The cpu bundles of clone A (tests/conftest.py ``built``)."""
+"""Real bundles refuse to run once changed, a signed bundle published by `doit publish` pulls and opens for whoever
+trusts its key, and a 16-bit photograph matches like its 8-bit version (issue 16). The cpu bundles of clone A
+(tests/conftest.py ``built``)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def test_signed_publish_pulls_and_opens_for_the_trusted_key_only(built, s3_serve
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     path = Path(pulled.stdout.strip())
     assert (path / "manifest.sig").is_file()
+    assert "licences: xfeat: Apache-2.0, xfeat_lighterglue: Apache-2.0 (commercial use allowed)" in pulled.stderr
     with glueforge.open(path, trusted_keys=[keys["ours"] / "glueforge.pub"]) as bundle:
         assert bundle.manifest["signed_by"].startswith("ed25519:")
     ok = cli("infer", str(path), "--self-test", "--trust", str(keys["ours"] / "glueforge.pub"))
@@ -84,3 +86,43 @@ def test_signed_publish_pulls_and_opens_for_the_trusted_key_only(built, s3_serve
     assert other.returncode == 2 and "not among the trusted keys" in other.stderr, other.stderr[-2000:]
     # the cached bundle in the local store stays as built: unsigned
     assert not (built / "artifacts/store" / MODEL / VERSIONS[MODEL] / "cpu" / "manifest.sig").exists()
+
+
+def test_a_16_bit_photograph_matches_like_its_8_bit_version(built, tmp_path):
+    """The 16-bit PNG of a photograph once loaded as all white and matched 39 instead of about 900."""
+    import numpy as np
+    from PIL import Image
+
+    from glueforge.api import load_image
+
+    counts = {}
+    for depth in (8, 16):
+        paths = []
+        for name in ("sacre_coeur1.jpg", "sacre_coeur2.jpg"):
+            with Image.open(SHARED_DATA / "pairs" / name) as image:
+                grey = np.asarray(image.convert("L"))
+            pixels = grey if depth == 8 else (grey.astype(np.uint16) * 257)
+            paths.append(tmp_path / f"{depth}-{name}.png")
+            Image.fromarray(pixels).save(paths[-1])
+        with glueforge.open(built / "artifacts/store" / MODEL / VERSIONS[MODEL] / "cpu") as bundle:
+            counts[depth] = len(bundle.match_pair(*(load_image(p) for p in paths)).matches)
+    assert counts[8] > 100, counts
+    assert counts[16] >= 0.9 * counts[8], counts
+
+
+def test_every_bundle_names_the_licence_of_each_weight(built):
+    from glueforge.config import Config
+
+    weights = Config.load(built / "models.yaml").project.weights
+    bundles = [p.parent for p in (built / "artifacts/store").glob("*/*/cpu/manifest.json")]
+    assert len(bundles) >= 6
+    for bundle in bundles:
+        import json
+
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        report = (bundle / "report.html").read_text()
+        for role, weight in manifest["provenance"]["weights"].items():
+            declared = weights[weight["name"]].license
+            assert manifest["licenses"]["weights"][weight["name"]] == declared.model_dump(mode="json", exclude_none=True)
+            assert declared.spdx in report and declared.source in report, (bundle, weight["name"])
+        assert manifest["licenses"]["commercial"] is True  # every real weight here allows it

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional
 from glueforge import GlueforgeError
 from glueforge.api import run_spec
 from glueforge.cache import describe_files
+from glueforge.licenses import licenses
 from glueforge.report import REPORT, bundle_report
 from glueforge.schema import ExtractorSpec, MatcherSpec, TargetSpec
 from glueforge.stages import Job, Label, Services, Stage
@@ -134,6 +135,7 @@ def assemble(
         "target_settings": target_settings,
         "prepared": prepared,
         "provenance": provenance,
+        "licenses": licenses(provenance),
         "validation": {
             "status": "unvalidated" if unvalidated else "passed",
             "reason": validation.get("reason"),
