@@ -304,6 +304,7 @@ class Pipeline:
             (Path(staged) / SIGNATURE).write_bytes(signature)
             (Path(staged) / MANIFEST).write_bytes(body)
             store.publish(Path(staged), channels)
+            log.info("%s %s for %s: manifest signed by %s", model, manifest["version"], target, signing.key_id(key.public_key()))
 
     def published(self, model: str, target: str, store, channels: list[str]) -> bool:
         result = self.cached("bundle", model, target)

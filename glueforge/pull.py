@@ -51,7 +51,10 @@ def resolve(store: Store, model: str, target: str, version: str | None = None, c
     try:
         spec = SpecifierSet(version or "")
     except InvalidSpecifier:
-        spec = SpecifierSet(f"=={version}")
+        try:
+            spec = SpecifierSet(f"=={version}")
+        except InvalidSpecifier:
+            raise PullError(f"--version {version!r} is neither a version nor a specifier such as '>=1.2,<2'") from None
     matching = sorted(spec.filter(available, prereleases=None))
     if not matching:
         raise PullError(f"{store}: no version of {model} for target {target} matches {version!r}; "
@@ -129,6 +132,10 @@ def pull(
     if final.exists():
         shutil.rmtree(final)
     os.rename(staging, final)  # one rename installs the verified bundle
+    try:
+        staging.parent.rmdir()  # .partial, when no other pull is under way
+    except OSError:
+        pass
     log.info("installed %s %s for %s at %s; %s", model, resolved, target, final, summary(manifest))
     if not trusted_keys and signature is None:
         log.warning("%s is unsigned: its files matched its manifest, but no key vouches for the manifest "

@@ -69,7 +69,7 @@ class Plan:
         # signing_key=PATH, else $GLUEFORGE_SIGNING_KEY, else store.signing_key of models.yaml (relative to the project)
         configured = pipeline.config.project.store.signing_key
         key = signing_key or os.environ.get("GLUEFORGE_SIGNING_KEY") or (str(pipeline.root / configured) if configured else None)
-        self.signing_key = Path(key) if key else None
+        self.signing_key = Path(key).expanduser() if key else None
         if self.signing_key is not None and not self.signing_key.is_file():
             raise GlueforgeError(f"signing key {self.signing_key}: no such file (glueforge keygen --out DIR writes one)")
         if store is not None:

@@ -73,3 +73,10 @@ def test_every_subcommand_is_driven():
 
     (subcommands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(subcommands.choices) == set(CASES), sorted(set(subcommands.choices) ^ set(CASES))
+
+
+def test_a_version_that_is_no_specifier_is_refused(where):
+    proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "pull", MODEL, "--target", TARGET, "--store", str(where["store"]),
+                           "--dest", str(where["root"] / "dest"), "--version", "../0.1.0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is neither a version nor a specifier" in proc.stderr
