@@ -21,10 +21,10 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from glueforge import GlueforgeError, registry, signing
-from glueforge.files import atomic_file, sha256_file
+from glueforge.files import atomic_file, mismatched, sha256_file
 from glueforge.licenses import summary
 from glueforge.names import safe_name, within
-from glueforge.store import MANIFEST, SIGNATURE, Store, bundle_parts, checked_files, read_manifest
+from glueforge.store import MANIFEST, SIGNATURE, Store, bundle_parts, checked_files, parse_manifest
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def pull(
     if trusted_keys:
         signer = signing.check(body, signature, trusted_keys, where)
         log.info("%s: manifest signed by trusted key %s", where, signer)
-    manifest = store.manifest(*parts)
+    manifest = parse_manifest(body, f"{where}: its manifest")  # the bytes the signature covered, not a second read
     if (manifest.get("model"), manifest.get("version"), manifest.get("target")) != parts:
         raise PullError(f"{where}: the manifest names {manifest.get('model')!r} {manifest.get('version')!r} for "
                         f"{manifest.get('target')!r}; nothing was installed")
@@ -106,8 +106,7 @@ def pull(
     if check:
         check_compatibility(manifest)
     final = within(dest, *parts, what="--dest")
-    installed = read_manifest(final)
-    if installed is not None and (final / MANIFEST).read_bytes() == body and _verified(final, manifest):
+    if (final / MANIFEST).is_file() and (final / MANIFEST).read_bytes() == body and not mismatched(final, manifest["files"]):
         log.info("%s %s for %s already installed at %s", model, resolved, target, final)
         return final
     staging = within(dest, ".partial", f"{model}-{resolved}-{target}", what="--dest")
@@ -142,6 +141,3 @@ def pull(
                     "(sign at publish, and pull with --trust)", where)
     return final
 
-
-def _verified(bundle: Path, manifest: dict[str, Any]) -> bool:
-    return all((bundle / n).is_file() and sha256_file(bundle / n) == e["sha256"] for n, e in manifest["files"].items())

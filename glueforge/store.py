@@ -62,6 +62,17 @@ def checked_files(manifest: dict[str, Any], where: object) -> dict[str, Any]:
     return files
 
 
+def parse_manifest(body: bytes, where: str) -> dict[str, Any]:
+    """A manifest from its bytes (those a signature covers), or a GlueforgeError saying what ``where`` holds instead."""
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        raise GlueforgeError(f"{where} is not valid JSON") from None
+    if not isinstance(manifest, dict):
+        raise GlueforgeError(f"{where} is not a JSON object")
+    return manifest
+
+
 def _plain_version(text: str) -> bool:
     try:
         return bool(safe_version(text))
@@ -90,15 +101,7 @@ class Store:
 
     def manifest(self, model: str, version: str, target: str) -> dict[str, Any] | None:
         body = self.manifest_bytes(model, version, target)
-        if body is None:
-            return None
-        try:
-            manifest = json.loads(body)
-        except ValueError:
-            raise GlueforgeError(f"{self}: the manifest of {model} {version} for {target} is not valid JSON") from None
-        if not isinstance(manifest, dict):
-            raise GlueforgeError(f"{self}: the manifest of {model} {version} for {target} is not a JSON object")
-        return manifest
+        return None if body is None else parse_manifest(body, f"{self}: the manifest of {model} {version} for {target}")
 
     def versions(self, model: str, target: str) -> list[str]:
         raise NotImplementedError
