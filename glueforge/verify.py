@@ -8,14 +8,13 @@ naming that file. Standard library only, beside ``glueforge.files``: the pull-on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from glueforge import GlueforgeError
 from glueforge.files import mismatched
 from glueforge.names import UnsafeName
-from glueforge.store import MANIFEST, SIGNATURE, checked_files
+from glueforge.store import MANIFEST, SIGNATURE, checked_files, parse_manifest
 
 
 class BundleError(GlueforgeError):
@@ -31,14 +30,15 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest of the bundle in ``directory``, or :class:`BundleTampered` saying why there is none."""
     path = Path(directory) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        body = path.read_bytes()
     except FileNotFoundError:
         raise BundleTampered(f"{directory}: no {MANIFEST}: not a bundle (a bundle without a manifest does not exist)") from None
-    except (OSError, ValueError) as e:
-        raise BundleTampered(f"{path}: not a readable JSON manifest ({e})") from None
-    if not isinstance(manifest, dict):
-        raise BundleTampered(f"{path}: not a JSON object")
-    return manifest
+    except OSError as e:
+        raise BundleTampered(f"{path}: not readable ({e.strerror})") from None
+    try:
+        return parse_manifest(body, str(path))
+    except GlueforgeError as e:
+        raise BundleTampered(str(e)) from None
 
 
 def verify_files(directory: Path, manifest: dict[str, Any]) -> int:
