@@ -289,12 +289,12 @@ class Pipeline:
         from glueforge.store import MANIFEST, SIGNATURE, read_manifest
 
         bundle = self.result("bundle", model, target).path
-        check_publishable(read_manifest(bundle), self.config.project.store.acknowledge_noncommercial, self.config.where)
+        manifest = read_manifest(bundle)
+        check_publishable(manifest, self.config.project.store.acknowledge_noncommercial, self.config.where)
         if signing_key is None:
             store.publish(bundle, channels)
             return
         key = signing.load_private(signing_key)
-        manifest = read_manifest(bundle)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".signed.", dir=self.artifacts) as staged:
             for name in manifest["files"]:
