@@ -1,7 +1,8 @@
 """ONNX Runtime on the CPU: the embedded default runtime, FP32.
 
 - prepare: LightGlue-style MatMul-Softmax-MatMul attention fused into
-  ``com.microsoft.MultiHeadAttention`` (``glueforge/attention.py``);
+  ``com.microsoft.MultiHeadAttention`` (``glueforge/attention.py``), and upsampling GridSamples over
+  shape-derived pixel grids as Resize (``glueforge/resample.py``);
 - engine: the ONNX model plus the session settings it must be run with (``session.json``);
   the model is loaded once here with exactly those settings, so a graph the runtime rejects
   fails this stage, not the application;
@@ -58,9 +59,11 @@ def versions() -> dict[str, str | None]:
 
 def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
     from glueforge.attention import fuse_attention
+    from glueforge.resample import regular_grid_to_resize
 
+    model, resized = regular_grid_to_resize(model)
     fused, count = fuse_attention(model)
-    return fused, {"attention_fused": count}
+    return fused, {"attention_fused": count, "grid_samples_as_resize": resized}
 
 
 def session(path: Path, settings: OrtSession):

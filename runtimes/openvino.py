@@ -7,7 +7,8 @@
   layers (measured tensor by tensor), which grew to a median 2.1e-4 on the descriptors and a
   minimum descriptor cosine of 0.92 against kornia on TUM frames. Written out with
   ReduceSumSquare, which no MVN pattern matches, OpenVINO agrees with onnxruntime to 8e-7 on
-  DISK's descriptors and its parity with kornia is 1.0 on every pair;
+  DISK's descriptors and its parity with kornia is 1.0 on every pair. Upsampling GridSamples
+  over shape-derived pixel grids become Resize (``glueforge/resample.py``), as for onnxruntime;
 - engine: the OpenVINO IR (``<graph>.xml`` + ``<graph>.bin``, from ``ov.convert_model`` and
   ``ov.save_model`` with FP32 weights) plus the compile properties it must be run with
   (``openvino.json``). Each IR is compiled once here with exactly those properties, so a graph
@@ -72,8 +73,11 @@ def versions() -> dict[str, str | None]:
 
 
 def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
+    from glueforge.resample import regular_grid_to_resize
+
+    model, resized = regular_grid_to_resize(model)
     count = unfuse_instance_norm(model)
-    return model, {"instance_norms_written_out": count}
+    return model, {"instance_norms_written_out": count, "grid_samples_as_resize": resized}
 
 
 def unfuse_instance_norm(model) -> int:

@@ -122,7 +122,7 @@ def test_instance_norm_written_out_equals_onnxruntime(opset, rank, tmp_path):
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     before = run(model)
     prepared, meta = openvino.prepare(model, "g", None)
-    assert meta == {"instance_norms_written_out": 1}
+    assert meta == {"instance_norms_written_out": 1, "grid_samples_as_resize": 0}
     assert "InstanceNormalization" not in {n.op_type for n in prepared.graph.node}
     np.testing.assert_allclose(run(prepared), before, atol=2e-5)
     onnx.save(prepared, tmp_path / "prepared.onnx")

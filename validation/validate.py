@@ -57,11 +57,13 @@ def list_form(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**outputs, "matches": matches, "mscores": mscores0[pair, index0]}
 
 
-def run_graph(make_runner: Callable[[str], Any], feed: dict[str, np.ndarray], name: str):
-    """Run one engine through polygraphy; returns its polygraphy ``RunResults``."""
-    from polygraphy.comparator import Comparator
+def run_graph(make_runner: Callable[[str], Any], feeds: list[dict[str, np.ndarray]], name: str) -> list[Any]:
+    """Run one engine through polygraphy on each feed, activated once (one session or compilation for every
+    size); returns one polygraphy ``RunResults`` per feed."""
+    from polygraphy.comparator import Comparator, RunResults
 
-    return Comparator.run([make_runner(name)], data_loader=[feed])
+    runner, iterations = Comparator.run([make_runner(name)], data_loader=feeds)[0]
+    return [RunResults([(runner, [iteration])]) for iteration in iterations]
 
 
 def align_keypoints(golden: dict[str, np.ndarray], produced: dict[str, np.ndarray], radius: float = 1.0):
@@ -203,9 +205,9 @@ def validate(
     with progress(f"validate on {target_name}", total=total, unit="case") as bar:
         for graph, make_runner in engines.items():
             per_size: dict[str, Any] = {}
-            for size in cases(inputs, graph):
-                feed = _split(inputs, f"{graph}@{size}")
-                results = run_graph(make_runner, feed, f"{target_name}:{graph}@{size}")
+            sizes = cases(inputs, graph)
+            feeds = [_split(inputs, f"{graph}@{size}") for size in sizes]
+            for size, feed, results in zip(sizes, feeds, run_graph(make_runner, feeds, f"{target_name}:{graph}")):
                 produced = dict(results[0][1][0])
                 expected = _split(golden, f"{graph}@{size}")
                 if "matches" in produced:  # a graph with the list match form: the golden outputs are dense
