@@ -1,6 +1,7 @@
 """glueforge task graph (doit). Declarations only: the stages live in glueforge/.
 
-    doit build target=cpu                        every model for the cpu target
+    doit build target=cpu                        the default models (models.yaml: default: true) for the cpu target
+    doit build target=cpu model=all              every model
     doit build target=cpu model=aliked_lightglue one model
     doit fuse target=orin_nano                   stop after the ONNX stages on purpose
     doit publish target=cpu [version=V] [store=s3://bucket/prefix endpoint=URL] [channel=latest,stable]
@@ -14,12 +15,8 @@
 
 from doit import get_var
 
+from glueforge.summary import reporter
 from glueforge.tasks import load_plan
-
-# continue: a model whose weights cannot be fetched (or whose validation fails) does not stop the others;
-# each failure is reported, and the run exits non-zero
-DOIT_CONFIG = {"default_tasks": ["build"], "dep_file": "artifacts/.doit.db", "backend": "json", "verbosity": 2,
-               "continue": True}
 
 PLAN = load_plan(
     target=get_var("target", "cpu"),
@@ -32,6 +29,11 @@ PLAN = load_plan(
     unvalidated=get_var("unvalidated", "0") == "1",
     signing_key=get_var("signing_key", None),
 )
+
+# continue: a model whose weights cannot be fetched (or whose validation fails) does not stop the others;
+# each failure is reported, the run ends with a line per model (glueforge/summary.py) and exits non-zero
+DOIT_CONFIG = {"default_tasks": ["build"], "dep_file": "artifacts/.doit.db", "backend": "json", "verbosity": 2,
+               "continue": True, "reporter": reporter(PLAN)}
 
 
 def task_fetch():

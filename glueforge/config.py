@@ -221,6 +221,7 @@ def project_schema() -> type[BaseModel]:
     class Model(Strict):
         version: str
         description: Optional[str] = None
+        default: bool = False  # built by a bare `doit build` (no model=); model=all builds every model
         extractor: extractor_union  # type: ignore[valid-type]
         matcher: Optional[matcher_union] = None  # type: ignore[valid-type]  # None: an extractor-only model
         export: ExportSpec
@@ -272,6 +273,8 @@ def project_schema() -> type[BaseModel]:
 
         @model_validator(mode="after")
         def _cross_references(self) -> "Project":
+            if ALL_MODELS in self.models:
+                raise ValueError(f"models.{ALL_MODELS}: the name is reserved (model={ALL_MODELS} selects every model)")
             for name, model in self.models.items():
                 for part in ("extractor", "matcher"):
                     ref = getattr(getattr(model, part), "weights", None)
@@ -379,6 +382,7 @@ def _format_errors(path: Path, err: ValidationError, origin: Callable[[KeyPath],
 # -- overlays -------------------------------------------------------------------------------------
 KeyPath = tuple[str, ...]
 OVERLAY_ENV = "GLUEFORGE_CONFIG"
+ALL_MODELS = "all"  # model=all: every model; a bare build takes the models marked default
 
 
 def overlay_paths(value: str | None = None) -> list[Path]:
@@ -511,8 +515,16 @@ class Config:
             raise ConfigError(f"{self.where}: unknown target {name!r}; valid targets: {', '.join(self.project.targets)}")
         return self.project.targets[name]
 
+    def default_models(self) -> list[str]:
+        """The models a bare ``doit build`` builds: those marked ``default: true`` (every model, where none is)."""
+        marked = [name for name, model in self.project.models.items() if model.default]
+        return marked or list(self.project.models)
+
     def select_models(self, name: Optional[str]) -> list[str]:
+        """``model=`` of the command line: None, the default set; ``all``, every model; else a comma-separated list."""
         if name is None:
+            return self.default_models()
+        if name.strip() == ALL_MODELS:
             return list(self.project.models)
         names = list(dict.fromkeys(n.strip() for n in name.split(",") if n.strip()))
         if not names:

@@ -140,7 +140,8 @@ class Plan:
 
     def build_task(self) -> dict[str, Any]:
         return {
-            "doc": "build, validate and bundle the selected models for the target (target=NAME model=NAME[,NAME])",
+            "doc": "build, validate and bundle models for the target (target=NAME [model=NAME[,NAME] | model=all]; "
+                   "no model=: the default set of models.yaml)",
             "actions": None,
             "task_dep": [f"bundle:{self._name(m)}" for m in self.models],
         }

@@ -164,12 +164,23 @@ def test_unvalidated_override_is_loud_and_marked(built, s3_server):
     assert manifest["validation"]["status"] == "unvalidated" and "override" in manifest["validation"]["reason"]
 
 
+def test_a_bare_build_builds_the_default_models(built):
+    """`doit build target=cpu`, the README's main command: the models marked default (those with real weights here),
+    which clone A has built: it exits 0 with nothing to do."""
+    proc, executed, skipped = doit(built, "build", "target=cpu")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert executed == [] and {f"bundle:cpu:{m}" for m in MODELS} <= set(skipped)
+    assert not [t for t in skipped if any(m in t for m in UNREACHABLE)], skipped
+    assert "build summary" not in proc.stdout  # a summary ends a build that failed
+
+
 def test_every_model_builds_where_its_weights_are_reachable(built):
-    """`doit build target=cpu` with every model: the ones with reachable weights are bundled (from the cache here),
-    each one whose weights are on unreachable sources fails at fetch, naming every source and how to supply it."""
-    proc, executed, _ = doit(built, "build", "target=cpu", env={"GLUEFORGE_FETCH_BACKOFF": "0"})  # retries, no sleeping
+    """`doit build target=cpu model=all`: the ones with reachable weights are bundled (from the cache here),
+    each one whose weights are on unreachable sources fails at fetch, naming every source and how to supply it;
+    the run ends with a line per model."""
+    proc, executed, _ = doit(built, "build", "target=cpu", "model=all", env={"GLUEFORGE_FETCH_BACKOFF": "0"})  # retries, no sleeping
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    assert proc.returncode == 2, out[-3000:]
     assert [t for t in executed if not t.startswith("fetch:")] == [], executed  # the rest is up to date
     for weight in ("superpoint_v1", "superpoint_lightglue", "superpoint_open", "sift_lightglue"):
         assert f"fetch:{weight}" in executed
@@ -182,3 +193,11 @@ def test_every_model_builds_where_its_weights_are_reachable(built):
         assert (built / "artifacts/store" / model / VERSIONS[model] / "cpu/manifest.json").is_file()
     for model in UNREACHABLE:
         assert not (built / "artifacts/store" / model).exists()
+    summary = proc.stdout[proc.stdout.index("build summary"):].splitlines()
+    assert summary[0] == f"build summary for target cpu: {len(MODELS)} bundled, {len(UNREACHABLE)} failed", summary
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in summary[1:] if line.strip()}
+    assert set(lines) == set(MODELS) | set(UNREACHABLE)
+    for model in MODELS:
+        assert lines[model] == f"bundled: artifacts/store/{model}/{VERSIONS[model]}/cpu"
+    assert lines["superpoint_open"].startswith("failed at fetch superpoint_open: ")
+    assert lines["sift_lightglue"].startswith("failed at fetch sift_lightglue: ")

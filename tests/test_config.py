@@ -147,13 +147,29 @@ def test_unknown_model_lists_valid_ones(config):
 
 
 def test_select_models(config):
-    assert config.select_models(None) == list(config.project.models)  # models.yaml's order
+    defaults = ["aliked_lightglue", "disk_lightglue", "xfeat_lighterglue", "aliked_t16", "aliked_n16rot", "aliked_n32"]
+    assert config.select_models(None) == defaults  # the models validated on real weights, in models.yaml's order
+    assert config.select_models("all") == list(config.project.models)
+    assert set(config.select_models("all")) - set(defaults) == {"superpoint_lightglue", "superpoint_dense",
+                                                                "superpoint_open", "sift_lightglue"}
     assert config.select_models(" disk_lightglue , aliked_lightglue") == ["disk_lightglue", "aliked_lightglue"]
     with pytest.raises(ConfigError) as info:
         config.select_models("aliked_lightglue,nosuch")
     msg = str(info.value)
     assert "nosuch" in msg
     assert "aliked_lightglue" in msg and "disk_lightglue" in msg
+
+
+def test_without_defaults_a_bare_build_takes_every_model(base, tmp_path):
+    path = write_variant(base, tmp_path, lambda d: [m.pop("default", None) for m in d["models"].values()])
+    config = Config.load(path)
+    assert config.select_models(None) == list(config.project.models)
+
+
+def test_a_model_named_all_is_refused(base, tmp_path):
+    path = write_variant(base, tmp_path, lambda d: d["models"].__setitem__("all", d["models"]["xfeat_lighterglue"]))
+    msg = load_error(path)
+    assert str(path) in msg and "models.all" in msg and "reserved" in msg
 
 
 def test_export_settings_of_unknown_target(config):
