@@ -17,13 +17,14 @@ class GlueforgeError(RuntimeError):
     """
 
 
-def open(path, trusted_keys=None):  # noqa: A001 - glueforge.open(bundle_dir), the runtime API's entry point
+def open(path, trusted_keys=None, max_size=None):  # noqa: A001 - glueforge.open(bundle_dir), the runtime API's entry point
     """Open a bundle directory for running: ``extract``, ``match``, ``match_pair`` (``glueforge.api.open``), once its
-    files match its manifest, and with ``trusted_keys`` (public key files) once one of them signed it.
+    files match its manifest, and with ``trusted_keys`` (public key files) once one of them signed it; images whose
+    longest side exceeds ``max_size`` are resized down to it.
 
     Imported by name at call time: every module imports this package, and a static import here would
     put the runtime API into the code identity of every stage.
     """
     import importlib
 
-    return importlib.import_module("glueforge.api").open(path, trusted_keys)
+    return importlib.import_module("glueforge.api").open(path, trusted_keys, max_size)

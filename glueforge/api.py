@@ -176,18 +176,25 @@ class Fit:
 
 
 def fit(size: tuple[int, int], divisor: int, smallest: Sequence[int] | None = None,
-        largest: Sequence[int] | None = None) -> Fit:
+        largest: Sequence[int] | None = None, max_size: int | None = None) -> Fit:
     """The graph size of a (h, w) image: padded up to multiples of ``divisor`` and at least
     ``smallest``; resized down first, keeping its aspect ratio, only where it exceeds ``largest``
-    (an engine's shape profile). ``smallest``/``largest`` are [H, W] or None (no limit)."""
+    (an engine's shape profile) or where its longest side exceeds ``max_size`` (rounded down to a
+    multiple of ``divisor``). ``smallest``/``largest`` are [H, W] or None (no limit); ``max_size``
+    an int or None (no limit)."""
     h, w = int(size[0]), int(size[1])
     up = lambda n: -(-int(n) // divisor) * divisor  # noqa: E731
-    ch, cw = h, w
+    tops = []
     if largest is not None:
-        top = [int(largest[0]) // divisor * divisor, int(largest[1]) // divisor * divisor]
-        if up(h) > top[0] or up(w) > top[1]:
-            scale = min(top[0] / h, top[1] / w)
-            ch, cw = max(1, min(top[0], int(round(h * scale)))), max(1, min(top[1], int(round(w * scale))))
+        tops.append((int(largest[0]) // divisor * divisor, int(largest[1]) // divisor * divisor))
+    if max_size:
+        side = max(divisor, int(max_size) // divisor * divisor)
+        tops.append((side, side))
+    ch, cw = h, w
+    for top in tops:
+        if up(ch) > top[0] or up(cw) > top[1]:
+            scale = min(top[0] / ch, top[1] / cw)
+            ch, cw = max(1, min(top[0], int(round(ch * scale)))), max(1, min(top[1], int(round(cw * scale))))
     gh, gw = up(ch), up(cw)
     if smallest is not None:
         gh, gw = max(gh, up(smallest[0])), max(gw, up(smallest[1]))
@@ -276,10 +283,13 @@ def _pixels(image: Any, path: str | Path) -> np.ndarray:
     raise BundleError(f"{path}: unsupported image mode {mode!r}; give an 8- or 16-bit grey, RGB, palette or CMYK image")
 
 
-def open(path: str | Path, trusted_keys: Sequence[str | Path] | None = None) -> "Bundle":  # noqa: A001 - as DESIGN.md names it
+def open(path: str | Path, trusted_keys: Sequence[str | Path] | None = None,  # noqa: A001 - as DESIGN.md names it
+         max_size: int | None = None) -> "Bundle":
     """Open the bundle in directory ``path`` (its ``manifest.json``) with its own runtime, once every file it lists
     matches its sha256, and with ``trusted_keys`` (public key files; default ``$GLUEFORGE_TRUSTED_KEYS``) once one
-    of them signed its manifest (``glueforge.verify``, ``glueforge.signing``)."""
+    of them signed its manifest (``glueforge.verify``, ``glueforge.signing``). ``max_size``: images whose longest
+    side is larger are resized down to it (a multiple of the divisor; keypoints come back in the caller's pixels);
+    None: only where an engine's shape profile needs it."""
     from glueforge import signing
 
     directory = Path(path)
@@ -288,14 +298,17 @@ def open(path: str | Path, trusted_keys: Sequence[str | Path] | None = None) -> 
     if missing:
         raise BundleError(f"{directory / MANIFEST}: lacks {', '.join(missing)}; it was written by an older glueforge "
                           "that the runtime API cannot run: rebuild the bundle")
-    return Bundle(directory, manifest)
+    return Bundle(directory, manifest, max_size=max_size)
 
 
 class Bundle:
     """A bundle ready to run; see the module docstring. Graph engines are loaded on first use."""
 
     def __init__(self, directory: Path, manifest: Mapping[str, Any],
-                 runners: Callable[[str], GraphRunner] | None = None) -> None:
+                 runners: Callable[[str], GraphRunner] | None = None, max_size: int | None = None) -> None:
+        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+            raise BundleError(f"max_size={max_size!r}: give a positive number of pixels, or None")
+        self.max_size = max_size
         self.directory = Path(directory)
         self.manifest = manifest
         self.keypoints = int(manifest["keypoints"])
@@ -356,7 +369,13 @@ class Bundle:
     def fit(self, size: tuple[int, int], graph: str = "extractor") -> Fit:
         """Where a caller's (h, w) image goes in ``graph``'s ``images`` input."""
         profile = self._profile(graph, "images")
-        return fit(size, self.divisor, profile[0][2:] if profile else None, profile[1][2:] if profile else None)
+        return fit(size, self.divisor, profile[0][2:] if profile else None, profile[1][2:] if profile else None,
+                   self.max_size)
+
+    @property
+    def default_max_size(self) -> int | None:
+        """The longest side the command line resizes to by default on this bundle's runtime (None: full size)."""
+        return getattr(self._runtime, "DEFAULT_MAX_SIZE", None)
 
     def max_batch(self, graph: str) -> int | None:
         """The most images (``end2end``: 2 x pairs) one call of ``graph`` takes, where its engine's profile limits it."""

@@ -40,11 +40,13 @@ class BenchError(GlueforgeError):
 
 @dataclass
 class Row:
-    """One timed case: ``unit`` is what ``per_second`` counts (pairs or images)."""
+    """One timed case of ``batch`` units per call: ``unit`` is what ``per_second`` counts (pairs, images or frames), and
+    the latencies are per call."""
 
     graph: str
     batch: int
     unit: str
+    size: str  # the images' width x height in pixels as the engine takes them (matcher: K keypoints per image)
     runs: int
     p50_ms: float
     p90_ms: float
@@ -64,7 +66,7 @@ class Budget:
 
     warmup: int = 3
     runs: int | None = None  # exactly this many timed runs (no stability check)
-    seconds: float = 10.0  # else: until stable, or this long
+    seconds: float = 10.0  # else: until stable, or this long once min_runs are made
     min_runs: int = 10
     tolerance: float = 0.02  # relative change of the median over the last block that counts as stable
 
@@ -122,24 +124,24 @@ def time_runs(run: Callable[[], Any], budget: Budget) -> tuple[list[float], str]
             if previous is not None and abs(median - previous) <= budget.tolerance * previous:
                 return latencies, "stable"
             previous = median
-        if budget.runs is None and time.perf_counter() - started >= budget.seconds:
-            return latencies, "time budget (not stable)" if len(latencies) >= 2 else "time budget (one run)"
+        if budget.runs is None and len(latencies) >= budget.min_runs and time.perf_counter() - started >= budget.seconds:
+            return latencies, "time budget (not stable)"
 
 
-def _row(graph: str, batch: int, unit: str, count: int, latencies: list[float], stopped: str,
+def _row(graph: str, batch: int, unit: str, size: str, count: int, latencies: list[float], stopped: str,
          rss: float | None, device: int | None, lifetime: bool) -> Row:
     q = np.percentile(latencies, [50, 90, 99])
-    return Row(graph, batch, unit, len(latencies), round(float(q[0]), 3), round(float(q[1]), 3), round(float(q[2]), 3),
+    return Row(graph, batch, unit, size, len(latencies), round(float(q[0]), 3), round(float(q[1]), 3), round(float(q[2]), 3),
                round(count * 1000.0 / float(q[0]), 3), None if rss is None else round(rss, 1),
                None if device is None else round(device / 2**20, 1),
                stopped + (" (peak RSS: process lifetime)" if lifetime and rss is not None else ""))
 
 
-def _measure(graph: str, batch: int, unit: str, count: int, run: Callable[[], Any], budget: Budget,
+def _measure(graph: str, batch: int, unit: str, size: str, count: int, run: Callable[[], Any], budget: Budget,
              device: Callable[[], int | None]) -> Row:
     lifetime = not _reset_peak_rss()
     latencies, stopped = time_runs(run, budget)
-    return _row(graph, batch, unit, count, latencies, stopped, _peak_rss_mib(), device(), lifetime)
+    return _row(graph, batch, unit, size, count, latencies, stopped, _peak_rss_mib(), device(), lifetime)
 
 
 # -- inputs --------------------------------------------------------------------------------------------
@@ -188,8 +190,10 @@ def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence
             inputs = feed(bundle, graph, batch, images)
             runner = bundle.runner(graph)
             unit = "images" if graph == "extractor" else "pairs"
-            log.info("bench %s, batch %d %s", graph, batch, unit)
-            rows.append(_measure(graph, batch, unit, batch, lambda: runner.infer(inputs), budget, runner.device_memory))
+            size = (f"{inputs['images'].shape[3]}x{inputs['images'].shape[2]}" if "images" in inputs
+                    else f"K={inputs['keypoints'].shape[1]}")
+            log.info("bench %s, batch %d %s at %s", graph, batch, unit, size)
+            rows.append(_measure(graph, batch, unit, size, batch, lambda: runner.infer(inputs), budget, runner.device_memory))
     return rows
 
 
@@ -215,28 +219,31 @@ def sequence(bundle: Bundle, frames: Sequence[Path], budget: Budget = Budget()) 
         phases["match"].append((t2 - t1) * 1000.0)
         state["previous"] = current
 
-    rows = [_measure("tracking: extract 1 + match 1", 1, "frames", 1, step, budget, bundle.device_memory)]
+    sizes = sorted({"x".join(map(str, bundle.fit(image.shape[:2]).graph[::-1])) for image in images})
+    size = "/".join(sizes)
+    rows = [_measure("tracking: extract 1 + match 1", 1, "frames", size, 1, step, budget, bundle.device_memory)]
     for phase, latencies in phases.items():
         timed = latencies[-rows[0].runs:]
-        rows.append(_row(f"  of which {phase}", 1, "frames", 1, timed, rows[0].stopped, None, None, False))
+        rows.append(_row(f"  of which {phase}", 1, "frames", size, 1, timed, rows[0].stopped, None, None, False))
     pair = {"i": 0}
 
     def pair_step() -> None:
         pair["i"] += 1
         bundle.match_pair(images[(pair["i"] - 1) % len(images)], images[pair["i"] % len(images)])
 
-    rows.append(_measure("pair: match_pair", 1, "pairs", 1, pair_step, budget, bundle.device_memory))
+    rows.append(_measure("pair: match_pair", 1, "pairs", size, 1, pair_step, budget, bundle.device_memory))
     return rows
 
 
 def table(rows: Sequence[Row]) -> str:
     """The rows as a fixed-width table."""
-    header = ("graph", "batch", "unit", "runs", "p50 ms", "p90 ms", "p99 ms", "per s", "peak RSS MiB", "device MiB", "stopped")
-    body = [(r.graph, str(r.batch), r.unit, str(r.runs), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+    header = ("graph", "batch", "unit", "image WxH", "runs", "p50 ms", "p90 ms", "p99 ms", "per s", "peak RSS MiB",
+              "device MiB", "stopped")
+    body = [(r.graph, str(r.batch), r.unit, r.size, str(r.runs), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
              f"{r.per_second:.2f}", "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}",
              "-" if r.device_mib is None else f"{r.device_mib:.1f}", r.stopped) for r in rows]
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-    fmt = lambda line: "  ".join(c.ljust(w) if i in (0, 2, 10) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    fmt = lambda line: "  ".join(c.ljust(w) if i in (0, 2, 3, 11) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
     return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])
 
 

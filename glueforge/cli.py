@@ -1,7 +1,8 @@
 """The ``glueforge`` command: pull, run, time and report bundles (no torch); parity (a build machine).
 
     glueforge pull MODEL --target T --dest DIR [--version SPEC | --channel NAME] [--check-compatibility]
-    glueforge infer BUNDLE IMAGE0 [IMAGE1] [--out matches.png]    keypoints, matches and time; a picture
+    glueforge infer BUNDLE IMAGE0 [IMAGE1] [--out matches.png]    keypoints, matches, inliers and time; a picture
+               [--max-size N] [--min-score S] [--geometry fundamental|homography|none]
     glueforge infer BUNDLE --self-test                            the bundle's sample against what it recorded
     glueforge bench BUNDLE [BUNDLE ...] [--graphs G,G] [--batch 1,2,4] [--warmup N] [--runs N | --seconds S]
                     [--sequence DIR] [--json] [--out FILE]        latency, throughput, peak memory
@@ -53,6 +54,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a match score between 0 and 1")
     return value
 
 
@@ -143,6 +154,13 @@ def build_parser() -> Parser:
     infer.add_argument("images", type=_existing("file"), nargs="*", help="one image (extractor-only models) or a pair")
     infer.add_argument("--out", type=_writable_file, help="write the picture of the matches (or keypoints) here")
     infer.add_argument("--self-test", action="store_true", help="run the bundle's sample; compare with what it recorded")
+    infer.add_argument("--max-size", type=_count(0), metavar="N",
+                       help="resize images whose longest side exceeds N px, keypoints in the original pixels "
+                            "(0: full size; default: 1024 on CPU runtimes, else full size)")
+    infer.add_argument("--min-score", type=_score, default=0.0, help="keep the matches scoring at least this (0..1)")
+    infer.add_argument("--geometry", choices=["fundamental", "homography", "none"],
+                       help="count the inliers of this robust fit (OpenCV USAC; default: fundamental where OpenCV is "
+                            "installed)")
     bench = sub.add_parser("bench", help="latency, throughput and peak memory of a bundle's graphs")
     bench.add_argument("bundles", type=_existing("directory"), nargs="+", metavar="bundle")
     bench.add_argument("--graphs", help="comma-separated (default: every graph of the bundle)")
@@ -153,6 +171,7 @@ def build_parser() -> Parser:
     budget.add_argument("--seconds", type=_seconds, default=10.0, help="per row: until stable, or this long (default 10)")
     bench.add_argument("--sequence", type=_existing("directory"), help="a directory of frames: time the tracking loop on them")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.add_argument("--max-size", type=_count(1), metavar="N", help="--sequence: resize frames whose longest side exceeds N px")
     bench.add_argument("--out", type=_writable_file, help="also write the JSON here")
     report = sub.add_parser("report", help="an index page of every bundle in a local store")
     report.add_argument("store", type=_existing("directory"))
@@ -166,6 +185,7 @@ def build_parser() -> Parser:
     evaluate.add_argument("--images", type=_existing("directory"), help="a directory of photographs (default: the bundle's sample images)")
     evaluate.add_argument("--warps", type=_count(1), default=3, help="seeded warps per image (default 3)")
     evaluate.add_argument("--seed", type=_count(0), default=0)
+    evaluate.add_argument("--max-size", type=_count(1), metavar="N", help="resize images whose longest side exceeds N px")
     verify = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256, and its signature")
     verify.add_argument("bundle", type=_existing("directory"))
     parity = sub.add_parser("parity", help="parity of a built bundle with the upstream reference on photographs")
@@ -247,6 +267,7 @@ def _infer(args: argparse.Namespace) -> int:
             return 0 if result.passed else 1
         if not 1 <= len(args.images) <= 2:
             raise GlueforgeError("give IMAGE0 [IMAGE1], or --self-test")
+        bundle.max_size = bundle.default_max_size if args.max_size is None else (args.max_size or None)
         images = [load_image(p) for p in args.images]
         paired = len(images) == 2 and bundle.has_matcher
         run = (lambda: bundle.match_pair(*images)) if paired else (lambda: bundle.extract(images))
@@ -255,20 +276,56 @@ def _infer(args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         result = run()
         t2 = time.perf_counter()
+        fits = [bundle.fit(image.shape[:2]) for image in images]
         name = f"{m['model']} {m['version']} on {m['target']}"
+        ms = (t2 - t1) * 1000
+        sizes = " + ".join(f"{f.size[1]}x{f.size[0]}" for f in fits) + " px"
+        if any(f.resized for f in fits):
+            sizes += ", run at " + " + ".join(f"{f.content[1]}x{f.content[0]}" for f in fits)
         if paired:
-            counts = f"{len(result.features0)} + {len(result.features1)} keypoints, {len(result.matches)} matches"
+            keep = result.scores >= args.min_score
+            matches, scores = result.matches[keep], result.scores[keep]
+            counts = (f"{len(result.features0)} + {len(result.features1)} keypoints, {len(matches)} matches"
+                      + (f" (score >= {args.min_score:g})" if args.min_score else ""))
+            mask, fitted = _inliers(args.geometry, result.features0.keypoints[matches[:, 0]],
+                                    result.features1.keypoints[matches[:, 1]])
+            if mask is not None:
+                counts += f", {int(mask.sum())} inliers ({fitted})"
+            lines = [f"{name}   {sizes}",
+                     f"{len(matches)} matches" + (f", {int(mask.sum())} inliers of a {args.geometry or 'fundamental'} fit"
+                                                  if mask is not None else "") + f"   {ms:.0f} ms per pair"]
             picture = matches_picture(images[0], images[1], result.features0.keypoints, result.features1.keypoints,
-                                      result.matches, result.scores, f"{name}: {len(result.matches)} matches")
+                                      matches, scores, lines, mask)
         else:
             counts = " + ".join(str(len(f)) for f in result) + " keypoints"
-            picture = keypoints_picture(images[0], result[0].keypoints, f"{name}: {len(result[0])} keypoints")
-        print(f"{name}: {counts}; {(t2 - t1) * 1000:.1f} ms (the first call, which loads the engines: "
-              f"{(t1 - t0) * 1000:.1f} ms)")
+            picture = keypoints_picture(images[0], result[0].keypoints,
+                                        [f"{name}   {sizes}", f"{len(result[0])} keypoints   {ms:.0f} ms"])
+        print(f"{name}: {counts}; {ms:.1f} ms (the first call, which loads the engines: {(t1 - t0) * 1000:.1f} ms)")
+        if bundle.max_size:
+            print(f"input: {sizes}; images larger than {bundle.max_size} px on their longest side are resized "
+                  + ("(the default on this runtime; --max-size 0: full size)" if args.max_size is None else "(--max-size)"))
+        elif fits and any(f.resized for f in fits):
+            print(f"input: {sizes} (resized to fit the engine's shape profile)")
+        if paired and mask is None:
+            print("inliers: not counted" + (" (OpenCV is not installed: pip install 'glueforge[opencv]')"
+                                            if args.geometry is None else ""))
     if args.out:
         save(picture, args.out)
         print(f"wrote {args.out}")
     return 0
+
+
+def _inliers(geometry: str | None, points0, points1):
+    """The inlier mask of the matched points and what was fitted; (None, None) for --geometry none, or by default
+    where OpenCV is not installed."""
+    import importlib.util
+
+    from glueforge.geometry import Geometry, describe, inliers
+
+    if geometry == "none" or (geometry is None and importlib.util.find_spec("cv2") is None):
+        return None, None
+    chosen = Geometry(geometry or "fundamental")
+    return inliers(points0, points1, chosen), describe(chosen)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -282,7 +339,7 @@ def _bench(args: argparse.Namespace) -> int:
     graphs = [g.strip() for g in args.graphs.split(",")] if args.graphs else None
     records = []
     for path in args.bundles:
-        with glueforge.open(path, trust_files(args.trust)) as bundle:
+        with glueforge.open(path, trust_files(args.trust), args.max_size) as bundle:
             rows = bench(bundle, graphs, batches, budget)
             if args.sequence:
                 frames = sorted(p for p in args.sequence.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -327,7 +384,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from glueforge.api import load_image
     from glueforge.homography import ESTIMATOR, bundle_matcher, evaluate, make_warps, matched_points
 
-    with glueforge.open(args.bundle, trust_files(args.trust)) as bundle:
+    with glueforge.open(args.bundle, trust_files(args.trust), args.max_size) as bundle:
         if args.images:
             paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if not paths:

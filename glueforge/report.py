@@ -156,12 +156,13 @@ def _latency_section(benchmarks: Mapping[str, Any] | None, title: str) -> str:
                 f"<p>On the device: <code>{_e(benchmarks.get('command'))}</code></p>")
     rows = benchmarks["rows"]
     machine = benchmarks.get("machine") or {}
-    table = _table(("graph", "batch", "unit", "runs", "p50 ms", "p90 ms", "p99 ms", "per second", "peak RSS MiB",
-                    "device MiB", "stopped"),
-                   [(_e(r["graph"]), r["batch"], _e(r["unit"]), r["runs"], f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}",
-                     f"{r['p99_ms']:.1f}", f"{r['per_second']:.2f}", "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}",
+    table = _table(("graph", "batch", "unit", "image WxH", "runs", "p50 ms per call", "p90 ms", "p99 ms",
+                    "units per second", "peak RSS MiB", "device MiB", "stopped"),
+                   [(_e(r["graph"]), r["batch"], _e(r["unit"]), _e(r.get("size", "-")), r["runs"], f"{r['p50_ms']:.1f}",
+                     f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['per_second']:.2f}",
+                     "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}",
                      "-" if r["device_mib"] is None else f"{r['device_mib']:.1f}", _e(r["stopped"])) for r in rows],
-                   numeric=(1, 3, 4, 5, 6, 7, 8, 9))
+                   numeric=(1, 4, 5, 6, 7, 8, 9, 10))
     plot = latency_plot(rows, title)
     where = (f"<p>{_e(machine.get('processor'))}, {machine.get('cores')} logical CPUs"
              + (f", GPU {_e(machine['gpu'])}" if machine.get("gpu") else "") + "; settings "
@@ -228,16 +229,30 @@ def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapp
 
 
 # -- the index of a store -------------------------------------------------------------------------------
-def _pair_latency(manifest: Mapping[str, Any]) -> float | None:
+def _p50(manifest: Mapping[str, Any], graph: str) -> float | None:
     bench = manifest.get("benchmarks") or {}
     if bench.get("status") != "measured":
         return None
-    rows = [r for r in bench["rows"] if r["batch"] == 1]
-    for graph in ("end2end", "matcher", "extractor"):
-        for r in rows:
-            if r["graph"] == graph:
-                return r["p50_ms"]
-    return None
+    return next((r["p50_ms"] for r in bench["rows"] if r["batch"] == 1 and r["graph"] == graph), None)
+
+
+def _latency(manifest: Mapping[str, Any], graphs: Sequence[str]) -> str:
+    """p50 at batch 1 of the first of ``graphs`` that was measured, with its graph and image size; else "-"."""
+    bench = manifest.get("benchmarks") or {}
+    if bench.get("status") != "measured":
+        return "-"
+    rows = {r["graph"]: r for r in bench["rows"] if r["batch"] == 1}
+    for graph in graphs:
+        if graph in rows:
+            r = rows[graph]
+            return f"{r['p50_ms']:.1f} ({_e(graph)}, {_e(r.get('size', '?'))})"
+    return "-"
+
+
+def _auc(manifest: Mapping[str, Any]) -> str:
+    homography = (manifest.get("validation") or {}).get("homography") or {}
+    engine = homography.get("engine") or {}
+    return f"{engine['auc@3px']:.3f}" if "auc@3px" in engine else "-"
 
 
 def _accuracy(manifest: Mapping[str, Any]) -> dict[str, float]:
@@ -272,20 +287,22 @@ def store_index(root: Path, out: Path) -> str:
                 continue
             version, directory, m = bundles[(model, target)]
             acc = _accuracy(m)
-            latency = _pair_latency(m)
             link = directory / REPORT
             rel = Path(os.path.relpath(link, Path(out).parent))
             rows.append((_e(model), _e(target), _e(version), _e(m.get("precision")),
                          _verdict(m["validation"]["status"] == "passed") if m["validation"]["status"] != "unvalidated" else "unvalidated",
                          *(f"{acc[k]:.4f}" if k in acc else "-" for k in ("keypoint_mnn", "descriptor_cosine_mean", "match_recall")),
-                         f"{latency:.1f}" if latency is not None else "-",
+                         _auc(m), _latency(m, ("end2end", "matcher")), _latency(m, ("extractor",)),
                          f'<a href="{_e(rel.as_posix())}">report</a>' if link.is_file() else "-"))
     table = _table(("model", "target", "version", "precision", "validation", "keypoint MNN", "descriptor cosine",
-                    "match recall", "p50 ms (pair graph, batch 1)", ""), rows, numeric=(5, 6, 7, 8))
+                    "match recall", "homography AUC@3px", "p50 ms per pair", "p50 ms per image", ""), rows,
+                   numeric=(5, 6, 7, 8, 9, 10))
     chart = _index_plot(bundles)
     body = (f"<h1>glueforge bundles in {_e(root)}</h1><p>Latest version of each model for each target. Accuracy: the "
-            "worst over the bundle's validated graphs and sizes against the upstream reference; latency: the pair graph "
-            "(end2end, else matcher or extractor) at batch 1 where measured.</p>" + table
+            "worst over the bundle's validated graphs and sizes against the upstream reference; homography AUC@3px: the "
+            "engine's, in the build's homography gate; latency, where measured, at batch 1: per pair (the end2end "
+            "graph: both images extracted and matched; else the matcher alone) and per image (the extractor), each "
+            "with the graph and the image size (width x height) it was timed at.</p>" + table
             + (_png(chart) if chart is not None else ""))
     return _page(f"glueforge bundles in {root}", body)
 
@@ -298,7 +315,7 @@ def _index_plot(bundles: Mapping[tuple[str, str], tuple[Any, Path, dict]]):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    measured = {key: _pair_latency(m) for key, (_, _, m) in bundles.items()}
+    measured = {key: _p50(m, "end2end") for key, (_, _, m) in bundles.items()}  # per pair: extractor-only models have none
     measured = {k: v for k, v in measured.items() if v is not None}
     if not measured:
         return None
@@ -310,7 +327,7 @@ def _index_plot(bundles: Mapping[tuple[str, str], tuple[Any, Path, dict]]):
         values = [measured.get((m, target), 0.0) for m in models]
         ax.bar([j + i * width for j in range(len(models))], values, width, label=target)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models, fontsize=8, rotation=20)
-    ax.set_ylabel("p50 ms, pair graph, batch 1")
+    ax.set_ylabel("p50 ms per pair (end2end, batch 1)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     plt.close(fig)

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 NAME = "onnxruntime"
 TOOLS = ("onnx",)  # prepare is glueforge's own attention fusion over onnx
 SESSION = "session.json"
+# the command line resizes images whose longest side exceeds this (glueforge infer/bench/evaluate --max-size): on two
+# CPU cores ALIKED + LightGlue takes seconds per pair on 12 MP photographs
+DEFAULT_MAX_SIZE = 1024
 measured_with = "the engine itself, onnxruntime on the CPU"
 
 

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 NAME = "openvino"
 TOOLS = ("onnx",)  # prepare rewrites InstanceNormalization with onnx's helpers
 PROPERTIES = "openvino.json"
+# the command line resizes images whose longest side exceeds this (glueforge infer/bench/evaluate --max-size): on two
+# CPU cores ALIKED + LightGlue takes seconds per pair on 12 MP photographs
+DEFAULT_MAX_SIZE = 1024
 measured_with = "the engine itself, OpenVINO on the CPU"
 
 

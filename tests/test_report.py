@@ -39,7 +39,7 @@ def test_every_bundle_report_opens_with_every_image(openvino_built, browser, tar
         # the latency plot and the picture of the validation pair
         assert len(page.images) == 2 and all(i["complete"] and i["naturalWidth"] > 100 for i in page.images), (model, page.images)
         assert page.title == f"{model} {VERSIONS[model]} for {target}"
-        for section in ("Provenance", "Validation", "Latency", "Validation pair", "Reproduce"):
+        for section in ("Provenance", "Validation", "Latency", "Validation pair", "Reproduce", "image WxH"):
             assert section in page.text, (model, section)
         assert ("matches on the validation pair" in page.text.lower()) == (model in MATCHED)
         assert "FAIL" not in page.text
@@ -67,6 +67,10 @@ def test_store_index_compares_every_bundle(openvino_built, browser):
     for model in MODELS:
         for target in ("cpu", "openvino"):
             assert f"{model}\t{target}" in page.text, (model, target)
+    for column in ("homography AUC@3px", "p50 ms per pair", "p50 ms per image"):
+        assert column in page.text, column
+    # pair and image latencies in their own columns, each with its graph and image size
+    assert "(end2end, 640x480)" in page.text and "(extractor, 640x480)" in page.text
     html = index.read_text()
     assert html.count('href="') == html.count("report</a>") >= 2 * len(MODELS)
     (_shots(openvino_built) / "index.png").write_bytes(page.screenshot)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def test_clean_environment_pulls_infers_and_self_tests(openvino_built, s3_server
 
     with Image.open(picture) as shown:  # side by side: both images' widths, the taller one's height
         with Image.open(image0) as a, Image.open(image1) as b:
-            assert shown.size == (a.width + b.width, max(a.height, b.height))
+            assert shown.width == a.width + b.width and shown.height > max(a.height, b.height)  # a legend bar below
 
     probe = subprocess.run([str(python), "-c", PROBE, str(bundle)], capture_output=True, text=True, env=env)
     assert probe.returncode == 0, probe.stderr[-3000:]
@@ -195,3 +196,69 @@ def test_pair_matches_reads_both_output_forms():
     dense = {"matches0": np.array([[-1, 2, -1, 4]]), "mscores0": np.array([[0, 0.9, 0, 0.7]], np.float32)}
     m, s = pair_matches(dense, 0)
     assert m.tolist() == [[1, 2], [3, 4]] and s.tolist() == pytest.approx([0.9, 0.7])
+
+
+# -- input size under control, and matches a user can trust -------------------------------------------------
+
+def _twelve_megapixels(source: Path, dest: Path) -> Path:
+    """A 12 MP photograph (4000 px wide), upscaled from one of ../shared/data's, written under ``dest``."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.convert("RGB").resize((4000, round(4000 * image.height / image.width)), Image.BICUBIC).save(dest, quality=92)
+    return dest
+
+
+def test_max_size_resizes_and_maps_keypoints_back_to_the_original_pixels(openvino_built, tmp_path):
+    from PIL import Image
+
+    from glueforge.api import load_image
+
+    image = load_image(_twelve_megapixels(photographs()[0], tmp_path / "big.jpg"))
+    h, w = image.shape[:2]
+    assert h * w >= 11_000_000
+    bundle_path = bundle_dir(openvino_built, "aliked_lightglue", "cpu")
+    with glueforge.open(bundle_path, max_size=640) as bundle:
+        placement = bundle.fit((h, w))
+        features = bundle.extract([image])[0]
+    ch, cw = placement.content
+    assert placement.resized and max(ch, cw) == 640 and abs(cw / ch - w / h) < 0.01
+    # by hand: the same bilinear resize, the full-size path, keypoints scaled back (pixel-centre convention)
+    small = np.asarray(Image.fromarray(image).resize((cw, ch), Image.BILINEAR))
+    with glueforge.open(bundle_path) as bundle:
+        manual = bundle.extract([small])[0]
+    expected = (manual.keypoints + 0.5) * np.array([w / cw, h / ch], np.float32) - 0.5
+    assert len(features) == len(manual) > 500
+    np.testing.assert_allclose(features.keypoints, expected, atol=1e-3)
+    np.testing.assert_array_equal(features.descriptors, manual.descriptors)
+    assert features.image_size == (w, h)
+    with pytest.raises(BundleError, match="max_size=0"):
+        glueforge.open(bundle_path, max_size=0)
+
+
+def test_infer_counts_inliers_and_filters_by_score(openvino_built, tmp_path):
+    bundle = bundle_dir(openvino_built, "aliked_lightglue", "cpu")
+    images = [str(_twelve_megapixels(p, tmp_path / f"big{i}.jpg")) for i, p in enumerate(photographs())]
+
+    def infer(*extra: str) -> list[str]:
+        proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "infer", str(bundle), *images, "--max-size", "640",
+                               *extra], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.splitlines()
+
+    def count(line: str, what: str) -> int:
+        return int(line.split(f" {what}")[0].rsplit(" ", 1)[1])
+
+    plain = infer("--out", str(tmp_path / "matches.png"))
+    matches, inliers = count(plain[0], "matches"), count(plain[0], "inliers")
+    assert 50 <= inliers <= matches, plain  # one cathedral from two places: most matches fit one epipolar geometry
+    assert "fundamental matrix, OpenCV USAC_MAGSAC" in plain[0]
+    assert plain[1].startswith("input: 4000x") and ", run at 640x" in plain[1] and "(--max-size)" in plain[1]
+    confident = infer("--min-score", "0.9", "--geometry", "homography")
+    assert count(confident[0], "matches") < matches and "(score >= 0.9)" in confident[0] and "homography" in confident[0]
+    unfitted = infer("--geometry", "none")
+    assert "inliers" not in unfitted[0] and unfitted[-1] == "inliers: not counted"
+    from PIL import Image
+
+    with Image.open(tmp_path / "matches.png") as picture:  # side by side at most 2400 px wide, over a legend bar
+        assert picture.width == 2400 and picture.height > 2400 * 2600 / 8000
