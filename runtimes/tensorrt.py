@@ -193,8 +193,8 @@ def profile_shapes(
     inputs: Sequence[Mapping[str, Any]], batch: BatchProfile, sizes: Mapping[str, Sequence[int]] | None = None
 ) -> dict[str, tuple[list[int], list[int], list[int]]]:
     """min/opt/max shapes of each dynamic input: ``2B`` is 2 x pairs and ``B`` is pairs; ``N`` (the
-    extractor's images) is 2 x pairs at opt and max but 1 at min, so that a tracking loop can
-    extract each new frame on its own; ``H`` and ``W`` come from the model's image sizes
+    extractor's images) is 2 x pairs at max but 1 at min and opt: a tracking loop extracts each new
+    frame on its own, and the engine is tuned for that; ``H`` and ``W`` come from the model's image sizes
     (models.yaml ``export.sizes`` min/max and ``export.image_size`` as the optimum)."""
     shapes = {}
     for tensor in inputs:
@@ -209,7 +209,7 @@ def profile_shapes(
                 if isinstance(d, int):
                     shape.append(d)
                 elif d in per:
-                    shape.append(1 if (d == "N" and which == "min") else per[d] * pairs)
+                    shape.append(1 if (d == "N" and which in ("min", "opt")) else per[d] * pairs)
                 elif d in ("H", "W") and sizes:
                     shape.append(int(sizes[which]["HW".index(d)]))
                 else:

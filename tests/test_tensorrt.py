@@ -112,7 +112,7 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
         if graph in ("end2end", "extractor"):  # end2end: a pair at least; extractor: one image (per frame)
             # H and W from models.yaml: export.sizes min and max, image_size the optimum
             assert flags["--minShapes"] == f"images:{1 if graph == 'extractor' else 2}x3x256x320"
-            assert flags["--optShapes"] == "images:2x3x480x640"
+            assert flags["--optShapes"] == f"images:{1 if graph == 'extractor' else 2}x3x480x640"  # tuned per frame
             assert flags["--maxShapes"] == "images:4x3x768x1280"
     engines = list(_result(fused, "engine").path.glob("*.engine"))
     assert {e.stem for e in engines} == {"end2end", "extractor", "matcher"}
@@ -229,9 +229,9 @@ def test_trtexec_command_and_output_parsing(tmp_path):
     assert parse_trtexec(log) == {"tensorrt_version": "10.3.0", "compute_capability": "8.7", "passed": False,
                                   "errors": ["[E] Error[4]: bad"]}
     assert profile_shapes([{"name": "k", "shape": ["B", 1024]}], target.batch) == {"k": ([1, 1024], [1, 1024], [2, 1024])}
-    # the extractor takes one image (per-frame extraction); pairs elsewhere
+    # the extractor takes and is tuned for one image (per-frame extraction); pairs elsewhere
     assert profile_shapes([{"name": "images", "shape": ["N", 3, 480, 640]}], target.batch) == {
-        "images": ([1, 3, 480, 640], [2, 3, 480, 640], [4, 3, 480, 640])}
+        "images": ([1, 3, 480, 640], [1, 3, 480, 640], [4, 3, 480, 640])}
     assert profile_shapes([{"name": "images", "shape": ["2B", 3, 480, 640]}], target.batch)["images"][0] == [2, 3, 480, 640]
 
 
@@ -242,7 +242,10 @@ def test_image_size_profiles_come_from_models_yaml():
     sizes = config.export_settings("aliked_lightglue", "agx_orin").sizes
     images = [{"name": "images", "shape": ["N", 3, "H", "W"]}]
     assert profile_shapes(images, target.batch, sizes) == {
-        "images": ([1, 3, 256, 320], [4, 3, 480, 640], [8, 3, 768, 1280])}
+        "images": ([1, 3, 256, 320], [1, 3, 480, 640], [8, 3, 768, 1280])}
+    for model in ("disk_lightglue", "xfeat_lighterglue"):  # every model's H and W span a range on TensorRT targets
+        spans = config.export_settings(model, "orin_nano").sizes
+        assert spans["min"][0] < spans["opt"][0] < spans["max"][0] and spans["min"][1] < spans["opt"][1] < spans["max"][1]
     cmd = trtexec_command(Path("trtexec"), Path("g.onnx"), Path("g.engine"), target, images, sizes=sizes)
     assert "--minShapes=images:1x3x256x320" in cmd and "--maxShapes=images:8x3x768x1280" in cmd
     with pytest.raises(EngineBuildError, match="no profile for dimension 'H'"):

@@ -39,12 +39,14 @@ def test_rtx_bundles_hold_real_engines(rtx_built, target):
             assert engine["engine_bytes"] == (bundle / f"{graph}.engine").stat().st_size > 1_000_000
             assert engine["weights_memory_bytes"] > 0 and engine["activation_memory_bytes"] > 0
             images = engine["profile_shapes"].get("images")
-            if images:  # min/opt/max: the extractor takes one image (per-frame extraction), end2end a pair
-                assert images[0][0] == (1 if graph == "extractor" else 2) and images[2][0] == 2 * 2  # batch max 2 pairs
+            if images:  # min/opt/max: the extractor takes and is tuned for one image (per frame), end2end a pair
+                one = 1 if graph == "extractor" else 2
+                assert images[0][0] == images[1][0] == one and images[2][0] == 2 * 2  # batch max 2 pairs
                 # H and W: models.yaml's export.sizes min and max, its image_size the optimum
                 export = config.model(model).export
                 lo, hi = (export.sizes.min, export.sizes.max) if export.sizes else (export.image_size, export.image_size)
                 assert [shape[2:] for shape in images] == [lo, export.image_size, hi]
+                assert lo[0] < hi[0] and lo[1] < hi[1], (model, graph)  # dynamic H and W for every model
             assert manifest["files"][f"{graph}.engine"]["sha256"] == sha256_file(bundle / f"{graph}.engine")
             model_fp16 = onnx.load(str(bundle / f"{graph}.onnx"), load_external_data=False)
             assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model_fp16.graph.initializer)
