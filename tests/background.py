@@ -19,11 +19,15 @@ from typing import Any, Callable
 
 
 class Chain:
-    """``steps(run)`` in a thread, where ``run(project, *args)`` runs doit in ``project`` like tests.project.doit."""
+    """``steps(run, mark)`` in a thread, where ``run(project, *args)`` runs doit in ``project`` like tests.project.doit,
+    and ``mark(name, value)`` says a milestone is reached: another chain that builds on this one's first steps waits
+    for that milestone (:meth:`milestone`), not for the whole chain."""
 
-    def __init__(self, name: str, steps: Callable[[Callable[..., Any]], Any]) -> None:
+    def __init__(self, name: str, steps: Callable[[Callable[..., Any], Callable[[str, Any], None]], Any]) -> None:
         self.name = name
         self._steps = steps
+        self._marks: dict[str, Any] = {}
+        self._marked = threading.Condition()
         self._value: Any = None
         self._error: BaseException | None = None
         self._process: subprocess.Popen | None = None
@@ -44,11 +48,28 @@ class Chain:
         proc = subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
         return parse_doit(proc)
 
+    def _mark(self, name: str, value: Any) -> None:
+        with self._marked:
+            self._marks[name] = value
+            self._marked.notify_all()
+
     def _run(self) -> None:
         try:
-            self._value = self._steps(self._doit)
+            self._value = self._steps(self._doit, self._mark)
         except BaseException as e:  # noqa: BLE001 - handed to the test that waits for it
             self._error = e
+        finally:
+            with self._marked:
+                self._marked.notify_all()
+
+    def milestone(self, name: str) -> Any:
+        """Wait until the chain marks ``name``; its value. Raises if the chain ends without marking it."""
+        with self._marked:
+            while name not in self._marks:
+                if not self._thread.is_alive():
+                    raise RuntimeError(f"the {self.name} build chain ended before {name!r}: {self._error!r}") from self._error
+                self._marked.wait(timeout=1.0)
+            return self._marks[name]
 
     def result(self) -> Any:
         """Wait for the chain; its value, or its exception raised here."""

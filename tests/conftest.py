@@ -31,7 +31,7 @@ BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh"}
 
 
 # the order in which the build chains (below) finish: a slow test runs after those that need earlier chains
-READY = {"built": 1, "fresh": 1, "openvino_built": 2, "seeded": 2, "rtx_built": 3, "fused": 4}
+READY = {"built": 1, "fresh": 1, "openvino_built": 2, "seeded": 2, "fused": 3, "rtx_built": 4}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,11 +56,15 @@ def pytest_collection_modifyitems(config, items):
 # -- build chains -----------------------------------------------------------------------------------------
 # The session's builds run in threads beside the tests (tests/background.py), started as soon as the session is
 # collected, each as soon as what it builds on is built:
-#   cpu (clone A, cold) -> openvino (clone V: hard links of A's artifacts)
-#                       -> rtx, rtx_2060 (clone R: likewise) -> orin_nano, agx_orin (clone O, of R)
-# (a checkout runs one build at a time: the chains after cpu build in clones of their own, so that they run beside
-# each other, and beside the tests that run doit in clone A)
+#   cpu (clone A, cold): graphs and references, then its build
+#     -> [after A's graphs and references] rtx (clone R: hard links of A's artifacts then): its fused graphs, then the
+#        rtx and rtx_2060 builds
+#          -> [after R's fused graphs] orin_nano, agx_orin (clone O)
+#     -> [after A's build] openvino (clone V: hard links of A's artifacts, its cpu bundles included)
 #   seeded (a project of its own)
+# (a checkout runs one build at a time: the chains after cpu build in clones of their own, so that they run beside
+# each other, and beside the tests that run doit in clone A). A chain that builds on another's first steps starts
+# at that chain's milestone, not at its end: the longest path, cpu graphs -> rtx -> orin, is what CI waits for.
 CHAINS: dict[str, Chain] = {}
 NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused"}, "openvino": {"openvino_built"},
          "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}}
@@ -94,23 +98,28 @@ def _check(proc, executed, expected: set[str]) -> None:
     assert expected <= set(executed), sorted(expected - set(executed))
 
 
-def _log(project: Path, name: str, proc) -> None:
-    (project.parent / f"build-{name}.log").write_text(proc.stdout + proc.stderr)
+def _log(project: Path, name: str, *procs) -> None:
+    (project.parent / f"build-{name}.log").write_text("".join(p.stdout + p.stderr for p in procs))
 
 
 def cpu_chain(root: Path):
-    """Clone A: a cold `doit build target=cpu` that fills the remote cache (test_build, test_openvino)."""
-    def steps(doit_in):
+    """Clone A: a cold `doit build target=cpu` that fills the remote cache (test_build, test_openvino). It runs the
+    runtime-independent steps first (traced and simplified graphs, references: milestone ``graphs``, a snapshot of
+    its artifacts that the rtx chain starts from), then the build."""
+    def steps(doit_in, mark):
         import time
 
         project = clone_project(root / "project")
         env = {"GLUEFORGE_REMOTE_CACHE": s3().url("cache"), "GLUEFORGE_S3_ENDPOINT": s3().endpoint}
         started = time.monotonic()
+        graphs, first, _ = doit_in(project, "simplify", "reference", "target=cpu", SELECT, env=env)
+        _check(graphs, first, {f"{stage}:cpu:{m}" for stage in ("export", "simplify", "reference") for m in MODELS})
+        mark("graphs", clone_project(root / "graphs", artifacts_from=project))
         proc, executed, _ = doit_in(project, "build", "target=cpu", SELECT, env=env)
         (project.parent / "cold_build_seconds").write_text(f"{time.monotonic() - started:.1f}")
-        _log(project, "cpu", proc)
-        _check(proc, executed, {f"{stage}:cpu:{m}" for stage in ("export", "simplify", "engine", "validate", "bundle")
-                                for m in MODELS})
+        _log(project, "cpu", graphs, proc)
+        _check(proc, first + executed, {f"{stage}:cpu:{m}" for stage in ("export", "simplify", "engine", "validate", "bundle")
+                                        for m in MODELS})
         return project
 
     return steps
@@ -120,7 +129,7 @@ def openvino_chain(root: Path):
     """`doit build target=openvino` in clone V, which starts from clone A's artifacts after its cpu build (hard
     links), beside the rtx chain; clone A stays free for the tests that run doit in it (test_openvino,
     test_runtime_api, test_report, test_bench read V's store: its cpu and openvino bundles)."""
-    def steps(doit_in):
+    def steps(doit_in, mark):
         project = clone_project(root / "project", artifacts_from=start("cpu").result())
         proc, executed, _ = doit_in(project, "build", "target=openvino", SELECT)
         _log(project, "openvino", proc)
@@ -133,14 +142,18 @@ def openvino_chain(root: Path):
 
 def rtx_chain(root: Path):
     """Real TensorRT-RTX engines of every model for both RTX targets, in clone R, which starts from clone A's
-    artifacts after its cpu build (hard links): they share the graphs and references whose views are equal
-    (test_tensorrt_rtx, test_report, test_tensorrt_runners, test_build_graph's step list). It runs beside the
-    openvino build of clone A. Each build's log is kept beside the project."""
-    def steps(doit_in):
-        project = clone_project(root / "project", artifacts_from=start("cpu").result())
+    artifacts once A has its graphs and references (hard links): they share the graphs and references whose views
+    are equal (test_tensorrt_rtx, test_report, test_tensorrt_runners, test_build_graph's step list). R fuses first
+    (milestone ``fused``, a snapshot the orin chain starts from), then builds. Each build's log is kept beside the
+    project."""
+    def steps(doit_in, mark):
+        project = clone_project(root / "project", artifacts_from=start("cpu").milestone("graphs"))
+        graphs, _, _ = doit_in(project, "fuse", "target=rtx", "model=" + ",".join(RTX_MODELS["rtx"]))
+        _check(graphs, [], set())
+        mark("fused", clone_project(root / "fused", artifacts_from=project))
         for target in RTX_TARGETS:
             proc, executed, _ = doit_in(project, "build", f"target={target}", "model=" + ",".join(RTX_MODELS[target]))
-            _log(project, target, proc)
+            _log(project, target, *((graphs, proc) if target == "rtx" else (proc,)))
             _check(proc, executed, {f"engine:{target}:{m}" for m in RTX_MODELS[target]})
         return project
 
@@ -148,10 +161,11 @@ def rtx_chain(root: Path):
 
 
 def orin_chain(root: Path):
-    """Clone O, from clone R's artifacts: the ONNX stages of orin_nano (whose graphs are rtx's) and agx_orin, and
-    orin_nano's engine stage failing without TensorRT (tests/test_tensorrt.py's ``fused``)."""
-    def steps(doit_in):
-        project = clone_project(root / "project", artifacts_from=start("rtx").result())
+    """Clone O, from clone R's artifacts once R has fused its graphs: the ONNX stages of orin_nano (whose traced
+    graphs are rtx's) and agx_orin, and orin_nano's engine stage failing without TensorRT (tests/test_tensorrt.py's
+    ``fused``)."""
+    def steps(doit_in, mark):
+        project = clone_project(root / "project", artifacts_from=start("rtx").milestone("fused"))
         assert "trtexec" not in os.environ.get("PATH", "")
         proc, _, _ = doit_in(project, "build", "target=orin_nano", f"model={ORIN_MODEL}")
         (project / "orin_build.log").write_text(proc.stdout + proc.stderr)
@@ -167,7 +181,7 @@ def seeded_chain(root: Path):
     whose real weights are unreachable here, on seeded weights (tests/seeded.py), then orin_nano's ONNX stages."""
     from tests.seeded import write_overlay, write_weights
 
-    def steps(doit_in):
+    def steps(doit_in, mark):
         project = clone_project(root / "project")
         overlay = write_overlay(root / "team.yaml", write_weights(root / "weights"), models=UNREACHABLE)
         config = f"config={overlay},{REPO / 'tests' / 'ci.yaml'}"  # the team's overlay, then the tests' benchmark
@@ -208,8 +222,9 @@ def rtx_built(built) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fused(rtx_built) -> Path:
-    """Clone O after orin_nano's build (stopped at its engine) and agx_orin's ONNX stages."""
+def fused(built) -> Path:
+    """Clone O after orin_nano's build (stopped at its engine) and agx_orin's ONNX stages (it starts once the rtx
+    chain has fused its graphs, not after its engines)."""
     return start("orin").result()
 
 
