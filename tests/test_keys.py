@@ -46,6 +46,7 @@ SINGLE = {"targets.cpu.precision", "targets.openvino.precision", "targets.openvi
 MODEL_READERS = {
     "version": {"validate", "benchmark", "bundle"},
     "description": {"bundle"},
+    "default": set(),  # which models a bare `doit build` selects: no step reads it
     "extractor": {"export/end2end", "export/extractor", "export/matcher", "interface", "reference", "validate",
                   "benchmark", "bundle"},
     "matcher": {"export/end2end", "export/matcher", "reference", "validate", "benchmark", "bundle"},
