@@ -27,7 +27,7 @@ os.environ.setdefault("GLUEFORGE_DOWNLOAD_CACHE", str(REPO / "artifacts" / "down
 
 
 # fixtures that build real bundles: a test that uses one is slow (`pytest -m "not slow"` is the inner loop)
-BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh"}
+BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh", "built_for"}
 
 
 # the order in which the build chains (below) finish: a slow test runs after those that need earlier chains
@@ -45,10 +45,17 @@ def pytest_collection_modifyitems(config, items):
             slow_modules.add(item.module.__name__)
     order = {id(item): i for i, item in enumerate(items)}
 
+    def ready(item, fixture: str) -> int:
+        if fixture == "built_for":  # a target's bundles: clone A's for cpu, clone V's for openvino
+            callspec = getattr(item, "callspec", None)
+            return READY["built" if callspec and callspec.params.get("target") == "cpu" else "openvino_built"]
+        return READY[fixture]
+
     def rank(item) -> tuple[int, int]:
         if item.module.__name__ not in slow_modules:
             return (0, order[id(item)])
-        return (1 + max((READY[f] for f in item.fixturenames if f in READY), default=0), order[id(item)])
+        return (1 + max((ready(item, f) for f in item.fixturenames if f in READY or f == "built_for"), default=0),
+                order[id(item)])
 
     items.sort(key=rank)
 
@@ -66,7 +73,7 @@ def pytest_collection_modifyitems(config, items):
 # each other, and beside the tests that run doit in clone A). A chain that builds on another's first steps starts
 # at that chain's milestone, not at its end: the longest path, cpu graphs -> rtx -> orin, is what CI waits for.
 CHAINS: dict[str, Chain] = {}
-NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused"}, "openvino": {"openvino_built"},
+NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused", "built_for"}, "openvino": {"openvino_built", "built_for"},
          "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}}
 
 
@@ -213,6 +220,13 @@ def built(download_cache, s3_server) -> Path:
 def openvino_built(built) -> Path:
     """Clone V after its openvino build (and with clone A's cpu bundles)."""
     return start("openvino").result()
+
+
+@pytest.fixture()
+def built_for(request, target) -> Path:
+    """The project whose store holds ``target``'s bundles: clone A for cpu (ready once the cpu chain is, so such a test
+    runs beside the openvino and rtx chains), clone V for openvino."""
+    return request.getfixturevalue("built" if target == "cpu" else "openvino_built")
 
 
 @pytest.fixture(scope="session")

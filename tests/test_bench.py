@@ -25,8 +25,8 @@ def _glueforge(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("target", ["cpu", "openvino"])
-def test_bench_prints_a_row_per_graph_and_batch(openvino_built, target, tmp_path):
-    bundle = openvino_built / "artifacts/store" / BUNDLE / VERSIONS[BUNDLE] / target
+def test_bench_prints_a_row_per_graph_and_batch(built_for, target, tmp_path):
+    bundle = built_for / "artifacts/store" / BUNDLE / VERSIONS[BUNDLE] / target
     out = tmp_path / "bench.json"
     proc = _glueforge("bench", str(bundle), "--batch", "1,2", "--warmup", "1", "--runs", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,8 +45,8 @@ def test_bench_prints_a_row_per_graph_and_batch(openvino_built, target, tmp_path
     assert record["machine"]["cores"] >= 1 and record["runtime"] == ("onnxruntime" if target == "cpu" else "openvino")
 
 
-def test_bench_sequence_times_the_tracking_loop_next_to_the_pair_graph(openvino_built):
-    bundle = openvino_built / "artifacts/store" / BUNDLE / VERSIONS[BUNDLE] / "cpu"
+def test_bench_sequence_times_the_tracking_loop_next_to_the_pair_graph(built):
+    bundle = built / "artifacts/store" / BUNDLE / VERSIONS[BUNDLE] / "cpu"
     proc = _glueforge("bench", str(bundle), "--graphs", "end2end", "--runs", "4", "--warmup", "1",
                       "--sequence", str(SHARED_DATA / "sequences/kitti"), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,17 +59,17 @@ def test_bench_sequence_times_the_tracking_loop_next_to_the_pair_graph(openvino_
     assert parts == pytest.approx(loop["p50_ms"], rel=0.5)
 
 
-def test_bench_refuses_a_graph_the_bundle_lacks(openvino_built):
-    bundle = openvino_built / "artifacts/store" / "aliked_t16" / VERSIONS["aliked_t16"] / "cpu"
+def test_bench_refuses_a_graph_the_bundle_lacks(built):
+    bundle = built / "artifacts/store" / "aliked_t16" / VERSIONS["aliked_t16"] / "cpu"
     proc = _glueforge("bench", str(bundle), "--graphs", "matcher", "--runs", "1")
     assert proc.returncode == 2 and "has no graph matcher; its graphs: extractor" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("target", ["cpu", "openvino"])
-def test_manifests_hold_the_build_machines_benchmark(openvino_built, target):
+def test_manifests_hold_the_build_machines_benchmark(built_for, target):
     for model in MODELS:
-        manifest = json.loads((openvino_built / "artifacts/store" / model / VERSIONS[model] / target / "manifest.json").read_text())
+        manifest = json.loads((built_for / "artifacts/store" / model / VERSIONS[model] / target / "manifest.json").read_text())
         bench = manifest["benchmarks"]
         assert bench["status"] == "measured" and bench["machine"]["processor"], model
         assert {r["graph"] for r in bench["rows"]} == set(manifest["graphs"]), model

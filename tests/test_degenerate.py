@@ -16,7 +16,7 @@ from tests.project import MODELS, VERSIONS
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("target", ["cpu", "openvino"])
-def test_degenerate_inputs(openvino_built, model, target):
-    directory = openvino_built / "artifacts/store" / model / VERSIONS[model] / target
+def test_degenerate_inputs(built_for, model, target):
+    directory = built_for / "artifacts/store" / model / VERSIONS[model] / target
     with glueforge.open(directory) as bundle:
         assert problems(bundle, half(np.load(directory / "sample.npz")["image0"])) == []

@@ -95,12 +95,12 @@ def _damaged(bundle_dir, out):
     return out
 
 
-def test_the_gate_fails_on_a_damaged_engine(openvino_built, tmp_path):
+def test_the_gate_fails_on_a_damaged_engine(built, tmp_path):
     model = "aliked_lightglue"
-    pipeline = Pipeline.load(openvino_built)
+    pipeline = Pipeline.load(built)
     export_dir = pipeline.cached("reference", model, "cpu").path
     target = pipeline.config.target("cpu")
-    bundle_dir = openvino_built / "artifacts/store" / model / VERSIONS[model] / "cpu"
+    bundle_dir = built / "artifacts/store" / model / VERSIONS[model] / "cpu"
     with glueforge.open(bundle_dir) as intact:
         assert homography(intact, export_dir, target)["passed"]
     with glueforge.open(_damaged(bundle_dir, tmp_path / "damaged")) as damaged:
@@ -109,8 +109,8 @@ def test_the_gate_fails_on_a_damaged_engine(openvino_built, tmp_path):
     assert result["engine"]["auc@3px"] < result["reference"]["auc@3px"] - result["margin"], result
 
 
-def test_evaluate_on_a_users_own_images(openvino_built):
-    bundle = openvino_built / "artifacts/store/disk_lightglue" / VERSIONS["disk_lightglue"] / "cpu"
+def test_evaluate_on_a_users_own_images(built):
+    bundle = built / "artifacts/store/disk_lightglue" / VERSIONS["disk_lightglue"] / "cpu"
     proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "evaluate", str(bundle), "--images",
                            str(SHARED_DATA / "sequences/tum"), "--warps", "1"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

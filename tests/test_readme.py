@@ -23,11 +23,11 @@ def blocks(language: str) -> list[str]:
 
 
 @pytest.fixture()
-def workdir(openvino_built, tmp_path) -> Path:
+def workdir(built, tmp_path) -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the photographs live there (set GLUEFORGE_SHARED_DATA)")
     (tmp_path / "artifacts").mkdir()
-    (tmp_path / "artifacts/store").symlink_to(openvino_built / "artifacts/store")
+    (tmp_path / "artifacts/store").symlink_to(built / "artifacts/store")
     for name, photo in (("a.jpg", "st_pauls_1.jpg"), ("b.jpg", "st_pauls_2.jpg")):
         (tmp_path / name).symlink_to(SHARED_DATA / "pairs" / photo)
     return tmp_path

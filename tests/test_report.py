@@ -31,9 +31,9 @@ def _shots(project: Path) -> Path:
 
 
 @pytest.mark.parametrize("target", ["cpu", "openvino"])
-def test_every_bundle_report_opens_with_every_image(openvino_built, browser, target):
+def test_every_bundle_report_opens_with_every_image(built_for, browser, target):
     for model in MODELS:
-        bundle = openvino_built / "artifacts/store" / model / VERSIONS[model] / target
+        bundle = built_for / "artifacts/store" / model / VERSIONS[model] / target
         page = open_page(bundle / "report.html")
         assert page.errors == [], (model, page.errors)
         # the latency plot and the picture of the validation pair
@@ -44,7 +44,7 @@ def test_every_bundle_report_opens_with_every_image(openvino_built, browser, tar
         assert ("matches on the validation pair" in page.text.lower()) == (model in MATCHED)
         assert "FAIL" not in page.text
         if model == "aliked_lightglue":
-            (_shots(openvino_built) / f"report-{target}-{model}.png").write_bytes(page.screenshot)
+            (_shots(built_for) / f"report-{target}-{model}.png").write_bytes(page.screenshot)
 
 
 def test_fp16_report_shows_fp16_against_fp32(rtx_built, browser):

@@ -51,10 +51,10 @@ def photographs() -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("target", ["cpu", "openvino"])
-def test_clean_environment_pulls_infers_and_self_tests(openvino_built, s3_server, tmp_path, target):
+def test_clean_environment_pulls_infers_and_self_tests(built_for, s3_server, tmp_path, target):
     model = "aliked_lightglue"
     store = S3Store(s3_server.url(f"t/api-{target}"), s3_server.endpoint)
-    store.publish(bundle_dir(openvino_built, model, target), ["stable"])
+    store.publish(bundle_dir(built_for, model, target), ["stable"])
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
@@ -99,9 +99,9 @@ def test_clean_environment_pulls_infers_and_self_tests(openvino_built, s3_server
 
 
 @pytest.mark.parametrize("target", ["cpu", "openvino"])
-def test_every_bundle_reproduces_its_sample(openvino_built, target):
+def test_every_bundle_reproduces_its_sample(built_for, target):
     for model in MODELS:
-        with glueforge.open(bundle_dir(openvino_built, model, target)) as bundle:
+        with glueforge.open(bundle_dir(built_for, model, target)) as bundle:
             sample = np.load(bundle.directory / "sample.npz")
             result = self_test(bundle)
             assert result.passed, result.table()
@@ -119,13 +119,13 @@ def test_every_bundle_reproduces_its_sample(openvino_built, target):
                 assert np.array_equal(features[0].keypoints, sample["keypoints0"])
 
 
-def test_images_of_any_size_and_colour(openvino_built):
+def test_images_of_any_size_and_colour(built):
     """KITTI's 1241x376 grey frames into a 16-divisor RGB model: padded to 1248x384, keypoints on the image."""
     from glueforge.api import load_image
 
     frames = sorted((SHARED_DATA / "sequences/kitti").glob("*.png"))
     assert len(frames) >= 2, SHARED_DATA
-    with glueforge.open(bundle_dir(openvino_built, "aliked_lightglue", "cpu")) as bundle:
+    with glueforge.open(bundle_dir(built, "aliked_lightglue", "cpu")) as bundle:
         image = load_image(frames[0])
         assert image.shape == (376, 1241) and image.dtype == np.uint8
         grey, rgb = bundle.extract([image, np.repeat(image[..., None], 3, axis=2)])
@@ -144,10 +144,10 @@ def test_images_of_any_size_and_colour(openvino_built):
         assert inliers.mean() > 0.8, inliers.mean()
 
 
-def test_callers_errors_name_the_problem(openvino_built, tmp_path):
+def test_callers_errors_name_the_problem(built, tmp_path):
     with pytest.raises(BundleError, match="no manifest.json"):
         glueforge.open(tmp_path)
-    with glueforge.open(bundle_dir(openvino_built, "aliked_t16", "cpu")) as bundle:
+    with glueforge.open(bundle_dir(built, "aliked_t16", "cpu")) as bundle:
         with pytest.raises(BundleError, match=r"image 0: expected \(H, W\) grey or \(H, W, 3\) RGB, got shape \(4, 5, 6, 7\)"):
             bundle.extract([np.zeros((4, 5, 6, 7), np.uint8)])
         with pytest.raises(BundleError, match=r"image 0: float images must be finite and in \[0, 1\]"):
@@ -156,7 +156,7 @@ def test_callers_errors_name_the_problem(openvino_built, tmp_path):
             bundle.extract(np.zeros((64, 64), np.int32))
         with pytest.raises(BundleError, match="an extractor-only model has no matcher"):
             bundle.match_pair(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8))
-    with glueforge.open(bundle_dir(openvino_built, "aliked_lightglue", "cpu")) as bundle:
+    with glueforge.open(bundle_dir(built, "aliked_lightglue", "cpu")) as bundle:
         too_many = Features(np.zeros((1025, 2), np.float32), None, np.zeros((1025, 128), np.float32), (640, 480))
         with pytest.raises(BundleError, match="features0 has 1025 keypoints; this bundle's matcher takes at most K=1024"):
             bundle.match(too_many, too_many)
@@ -209,7 +209,7 @@ def _twelve_megapixels(source: Path, dest: Path) -> Path:
     return dest
 
 
-def test_max_size_resizes_and_maps_keypoints_back_to_the_original_pixels(openvino_built, tmp_path):
+def test_max_size_resizes_and_maps_keypoints_back_to_the_original_pixels(built, tmp_path):
     from PIL import Image
 
     from glueforge.api import load_image
@@ -217,7 +217,7 @@ def test_max_size_resizes_and_maps_keypoints_back_to_the_original_pixels(openvin
     image = load_image(_twelve_megapixels(photographs()[0], tmp_path / "big.jpg"))
     h, w = image.shape[:2]
     assert h * w >= 11_000_000
-    bundle_path = bundle_dir(openvino_built, "aliked_lightglue", "cpu")
+    bundle_path = bundle_dir(built, "aliked_lightglue", "cpu")
     with glueforge.open(bundle_path, max_size=640) as bundle:
         placement = bundle.fit((h, w))
         features = bundle.extract([image])[0]
@@ -236,8 +236,8 @@ def test_max_size_resizes_and_maps_keypoints_back_to_the_original_pixels(openvin
         glueforge.open(bundle_path, max_size=0)
 
 
-def test_infer_counts_inliers_and_filters_by_score(openvino_built, tmp_path):
-    bundle = bundle_dir(openvino_built, "aliked_lightglue", "cpu")
+def test_infer_counts_inliers_and_filters_by_score(built, tmp_path):
+    bundle = bundle_dir(built, "aliked_lightglue", "cpu")
     images = [str(_twelve_megapixels(p, tmp_path / f"big{i}.jpg")) for i, p in enumerate(photographs())]
 
     def infer(*extra: str) -> list[str]:

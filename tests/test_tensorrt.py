@@ -209,8 +209,8 @@ def test_python_builder_path_with_stand_in(fused):
         assert record["timing_cache"] is True
         shapes = record["profiles"][0]
         first = next(iter(shapes.values()))
-        # agx_orin: 1, 2, 4 pairs; the extractor also takes a single image
-        assert [s[0] for s in first] == ([1, 4, 8] if graph == "extractor" else [2, 4, 8])
+        # agx_orin: 1, 2, 4 pairs; the extractor takes, and is tuned for, a single image
+        assert [s[0] for s in first] == ([1, 1, 8] if graph == "extractor" else [2, 4, 8])
         assert meta["engines"][graph]["weights_memory_bytes"] == 1234
 
 

@@ -105,7 +105,7 @@ def test_runner_binds_runs_and_counts_device_memory(stand_in_bundles, runtime, t
     assert out["buffers"]["end2end"] == {"images": 2 * 3 * 480 * 640 * 4, "keypoints": 2 * k * 2 * 4,
                                          "matches0": k * 8, "mscores0": k * 4}
     assert out["buffers"]["extractor"]["images"] == 2 * 3 * 480 * 640 * 4  # grown from one image to two
-    assert "outside the engine's profile (1, 3, 480, 640) .. (4, 3, 480, 640)" in out["too_many"]
+    assert "outside the engine's profile (1, 3, 256, 320) .. (4, 3, 768, 1280)" in out["too_many"]  # H, W dynamic
     assert "input 'images' is float64; the engine takes float32" in out["wrong_dtype"]
 
     calls = [json.loads(line) for line in log.read_text().splitlines()]
