@@ -100,7 +100,6 @@ def matches_picture(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarr
     width = 2 if picture.width > 1600 else 1
     keypoints0 = np.asarray(keypoints0, dtype=np.float64) * f
     keypoints1 = (np.asarray(keypoints1, dtype=np.float64) + np.array([a.shape[1], 0.0])) * f
-    shift = np.zeros(2)
     for x, y in keypoints0:
         draw.point((x, y), fill=(0, 160, 255, 255))
     for x, y in keypoints1:
@@ -108,11 +107,11 @@ def matches_picture(image0: np.ndarray, image1: np.ndarray, keypoints0: np.ndarr
     good = np.ones(len(matches), bool) if inliers is None else np.asarray(inliers, bool)
     for k in np.nonzero(~good)[0]:
         i, j = matches[k]
-        p, q = keypoints0[i], keypoints1[j] + shift
+        p, q = keypoints0[i], keypoints1[j]
         draw.line([float(p[0]), float(p[1]), float(q[0]), float(q[1])], fill=(160, 160, 160, 90), width=1)
     for k in sorted(np.nonzero(good)[0], key=lambda k: scores[k]):  # the most confident drawn last, on top
         i, j = matches[k]
-        p, q = keypoints0[i], keypoints1[j] + shift
+        p, q = keypoints0[i], keypoints1[j]
         draw.line([float(p[0]), float(p[1]), float(q[0]), float(q[1])], fill=(*score_colour(scores[k]), 170), width=width)
     picture = Image.alpha_composite(picture, overlay).convert("RGB")
     bar = legend(picture.width, [lines] if isinstance(lines, str) else list(lines))
