@@ -18,8 +18,12 @@ if TYPE_CHECKING:
 
 
 def _first_line(fail: Any) -> str:
+    """The failure's first line; where more follows (the sources a fetch tried), a pointer to it above."""
     text = fail.get_msg() if hasattr(fail, "get_msg") else str(fail)
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(fail).__name__)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(fail).__name__
+    return lines[0].rstrip(":") + (" (the details are above)" if len(lines) > 1 else "")
 
 
 def outcomes(plan: "Plan", failed: Mapping[str, Any]) -> dict[str, str]:

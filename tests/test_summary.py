@@ -30,7 +30,8 @@ def test_each_model_gets_its_bundle_or_the_step_that_stopped_it(tmp_path):
     assert list(lines) == ["xfeat_lighterglue", "disk_lightglue", "superpoint_open", "aliked_lightglue"]
     assert lines["xfeat_lighterglue"] == "bundled: artifacts/store/xfeat_lighterglue/0.1.0/cpu"
     assert lines["disk_lightglue"] == "failed at validate: validation failed: descriptors max 3e-4 > 0"
-    assert lines["superpoint_open"] == "failed at fetch superpoint_open: weight 'superpoint_open': no source could be reached"
+    assert lines["superpoint_open"] == ("failed at fetch superpoint_open: weight 'superpoint_open': no source could be "
+                                        "reached (the details are above)")
     assert lines["aliked_lightglue"] == "not built: a step it needs failed"
     summary = text(plan(tmp_path), failed).splitlines()
     assert summary[0] == "build summary for target cpu: 1 bundled, 3 failed"
