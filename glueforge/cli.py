@@ -47,24 +47,23 @@ def _count(minimum: int):
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
+def _number(what: str, valid, must: str):
+    """An argument type: a float that ``valid`` accepts; ``what`` and ``must`` word the one-line refusal."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {must}")
+        return value
+
+    parse.__name__ = what
+    return parse
 
 
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a match score between 0 and 1")
-    return value
+_seconds = _number("a number of seconds", lambda v: 0 < v < float("inf"), "a positive number of seconds")
+_score = _number("a number", lambda v: 0.0 <= v <= 1.0, "a match score between 0 and 1")
 
 
 def _batches(text: str) -> list[int]:
