@@ -229,23 +229,25 @@ def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapp
 
 
 # -- the index of a store -------------------------------------------------------------------------------
-def _p50(manifest: Mapping[str, Any], graph: str) -> float | None:
+def _batch1(manifest: Mapping[str, Any], graph: str) -> Mapping[str, Any] | None:
+    """The bundle's measured benchmark row of ``graph`` at batch 1, or None."""
     bench = manifest.get("benchmarks") or {}
     if bench.get("status") != "measured":
         return None
-    return next((r["p50_ms"] for r in bench["rows"] if r["batch"] == 1 and r["graph"] == graph), None)
+    return next((r for r in bench["rows"] if r["batch"] == 1 and r["graph"] == graph), None)
+
+
+def _p50(manifest: Mapping[str, Any], graph: str) -> float | None:
+    row = _batch1(manifest, graph)
+    return None if row is None else row["p50_ms"]
 
 
 def _latency(manifest: Mapping[str, Any], graphs: Sequence[str]) -> str:
     """p50 at batch 1 of the first of ``graphs`` that was measured, with its graph and image size; else "-"."""
-    bench = manifest.get("benchmarks") or {}
-    if bench.get("status") != "measured":
-        return "-"
-    rows = {r["graph"]: r for r in bench["rows"] if r["batch"] == 1}
     for graph in graphs:
-        if graph in rows:
-            r = rows[graph]
-            return f"{r['p50_ms']:.1f} ({_e(graph)}, {_e(r.get('size', '?'))})"
+        row = _batch1(manifest, graph)
+        if row is not None:
+            return f"{row['p50_ms']:.1f} ({_e(graph)}, {_e(row.get('size', '?'))})"
     return "-"
 
 
