@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from glueforge import GlueforgeError
-from glueforge.files import atomic_directory, mismatched, sha256_file, stamp
+from glueforge.files import atomic_directory, atomic_file, mismatched, sha256_file, stamp, write_atomic
+from glueforge.names import safe_relative
 
 log = logging.getLogger(__name__)
 RESULT = "result.json"
@@ -75,13 +77,38 @@ def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-class RemoteCache:
-    """Stage results shared through an S3 store, in the manner of a Bazel remote cache.
+class SharedResults(Protocol):
+    """Where stage results are shared between machines, in the manner of a Bazel remote cache: a step that misses
+    locally is fetched from here before it is built, and a step built here is pushed. A result is its files as
+    content-addressed blobs plus a record ``cache/<stage>/<key>.json``, written last and only if absent."""
 
-    A result is its files as content-addressed blobs (shared with published bundles) plus a
-    record ``cache/<stage>/<key>.json``, written last and only if absent. Runners share
-    nothing else and never talk to each other.
-    """
+    def fetch(self, stage: str, key: str, into: Path) -> dict[str, Any] | None:
+        """Download the result of ``key`` into the directory ``into``, every file verified; None on a miss."""
+
+    def push(self, result: "Result") -> None:
+        """Share ``result`` (a record already there stands: results of one key are equal by construction)."""
+
+
+def _checked_record(body: bytes, where: object, stage: str, key: str) -> dict[str, Any]:
+    """A shared record, its file names and digests checked before any becomes a path."""
+    try:
+        record = json.loads(body)
+        files = record["files"]
+        if not isinstance(files, dict) or not isinstance(record.get("meta"), dict):
+            raise ValueError("files and meta must be mappings")
+        for name, entry in files.items():
+            safe_relative(name, f"{where}: {stage} {key[:12]} file")
+            digest = entry.get("sha256") if isinstance(entry, dict) else None
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"file {name!r} has no sha256 digest")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise GlueforgeError(f"{where}: the record of {stage} {key[:12]} is not a result record ({e})") from None
+    return record
+
+
+class RemoteCache:
+    """Stage results shared through an S3 store (:class:`SharedResults`), the blobs shared with published bundles.
+    Runners share nothing else and never talk to each other."""
 
     def __init__(self, url: str, endpoint_url: str | None = None) -> None:
         from glueforge.store import S3Store
@@ -95,11 +122,10 @@ class RemoteCache:
         return self.store.location.key("cache", stage, f"{key}.json")
 
     def fetch(self, stage: str, key: str, into: Path) -> dict[str, Any] | None:
-        """Download the result of ``key`` into the directory ``into``; None on a miss."""
         body = self.store.bucket.get_bytes(self._record(stage, key))
         if body is None:
             return None
-        record = json.loads(body)
+        record = _checked_record(body, self, stage, key)
         for name, entry in record["files"].items():
             path = into / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,12 +140,82 @@ class RemoteCache:
         self.store.bucket.put_if_absent(self._record(result.stage, result.key), json.dumps(record).encode())
 
 
+class DirectoryCache:
+    """Stage results shared through a directory (:class:`SharedResults`): the hand-off from a laptop to a device
+    with no S3 between them (``doit handoff``), or a shared disk. The layout is the S3 remote cache's:
+    ``cache/<stage>/<key>.json`` and ``blobs/sha256/<digest>``; every file is written atomically, the record last."""
+
+    def __init__(self, root: Path, create: bool = False) -> None:
+        self.root = Path(root).expanduser()
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise GlueforgeError(f"remote cache directory {self.root} does not exist (GLUEFORGE_REMOTE_CACHE, or "
+                                 "cache.remote.url of models.yaml: a directory, or s3://bucket/prefix)")
+
+    def __str__(self) -> str:
+        return f"remote cache {self.root}"
+
+    def _record(self, stage: str, key: str) -> Path:
+        return self.root / "cache" / stage / f"{key}.json"
+
+    def _blob(self, sha256: str) -> Path:
+        return self.root / "blobs" / "sha256" / sha256
+
+    def has(self, stage: str, key: str) -> bool:
+        return self._record(stage, key).is_file()
+
+    def fetch(self, stage: str, key: str, into: Path) -> dict[str, Any] | None:
+        try:
+            body = self._record(stage, key).read_bytes()
+        except FileNotFoundError:
+            return None
+        record = _checked_record(body, self, stage, key)
+        for name, entry in record["files"].items():
+            path = into / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(self._blob(entry["sha256"]), path)
+            except FileNotFoundError:
+                raise ValueError(f"{self}: blob {entry['sha256'][:12]} of {stage} {key[:12]} {name} is missing") from None
+            if sha256_file(path) != entry["sha256"]:
+                raise ValueError(f"{self}: blob of {stage} {key[:12]} {name} does not match its sha256")
+        return record
+
+    def push(self, result: "Result") -> None:
+        try:
+            for name, entry in result.files.items():
+                blob = self._blob(entry["sha256"])
+                if not blob.is_file():
+                    blob.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_file(blob) as tmp:
+                        shutil.copyfile(result.path / name, tmp)
+            record = self._record(result.stage, result.key)
+            if not record.is_file():
+                record.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(record, json.dumps({"stage": result.stage, "key": result.key, "files": result.files,
+                                                 "meta": result.meta}))
+        except OSError as e:  # a read-only hand-off, a full disk: the local result stands
+            raise GlueforgeError(f"{self}: cannot write ({e.strerror or e})") from None
+
+
+def open_remote(url: str, endpoint_url: str | None = None) -> SharedResults:
+    """The remote cache at ``url``: ``s3://bucket/prefix`` (with an optional endpoint URL), or an existing
+    directory (a path, or ``file://PATH``)."""
+    from glueforge.store import parse_location
+
+    location = parse_location(url)
+    if isinstance(location, Path):
+        return DirectoryCache(location)
+    return RemoteCache(location, endpoint_url)
+
+
 class _Miss(Exception):
     """No remote result for a key."""
 
 
 class ActionCache:
-    def __init__(self, root: Path, remote: RemoteCache | None = None) -> None:
+    def __init__(self, root: Path, remote: SharedResults | None = None) -> None:
         self.root = Path(root)
         self.remote = remote
 
