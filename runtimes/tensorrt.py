@@ -116,7 +116,12 @@ def lint_rules(version: str | None = None) -> Rules:
 
 
 def installed_version() -> str | None:
-    return machine.package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean")
+    """The installed TensorRT release: its package's, else the importable module's (JetPack's apt package)."""
+    version = machine.package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean")
+    if version is None:
+        trt = _import_tensorrt()
+        version = getattr(trt, "__version__", None) if trt is not None else None
+    return version
 
 
 def versions() -> dict[str, str | None]:
@@ -579,6 +584,10 @@ class EngineGraph:
         _cuda(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return results
 
+    def input_metadata(self) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+        """Each input's name, dtype and shape (-1 where dynamic)."""
+        return [(n, self.dtypes[n], tuple(self.engine.get_tensor_shape(n))) for n in self.inputs]
+
     def device_memory(self) -> int:
         """The engine's activation memory plus its input and output buffers, in bytes."""
         return self.engine_memory + sum(size for _, size in self.buffers.values())
@@ -624,11 +633,18 @@ def _needs_cudart() -> str | None:
 
 # -- running and pulling ----------------------------------------------------------------------------
 def runner(directory: Path, graph: str, name: str):
-    """A polygraphy runner of a serialized engine (needs TensorRT and the engine's GPU)."""
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    """The engine as validation runs it: through :class:`EngineGraph`, the runner of the runtime API and of
+    ``glueforge bench`` (NVIDIA's runtime API and cuda-python), as a polygraphy runner. Needs TensorRT and the
+    engine's GPU."""
+    from glueforge.runners import GraphPolygraphyRunner
 
-    return TrtRunner(EngineFromBytes(BytesFromPath(str(Path(directory) / f"{graph}.engine"))), name=name)
+    def open_engine() -> EngineGraph:
+        trt = _import_tensorrt()
+        if trt is None:
+            raise EngineUnavailable("validating a TensorRT engine needs TensorRT (JetPack on a Jetson) and cuda-python")
+        return EngineGraph(trt, Path(directory) / f"{graph}.engine")
+
+    return GraphPolygraphyRunner(open_engine, EngineGraph.input_metadata, name=name)
 
 
 def check_compatibility(manifest: Mapping[str, Any], installed: str | None = None, package: str = NAME) -> None:
