@@ -7,6 +7,8 @@
     doit publish target=cpu [version=V] [store=s3://bucket/prefix endpoint=URL] [channel=latest,stable]
                                                  publish to the remote store (unvalidated=1: loudly unvalidated;
                                                  signing_key=PATH: signed manifests, glueforge.signing)
+    doit handoff target=orin_nano dest=DIR       everything before the engine, for a device without torch or S3;
+                                                 there: GLUEFORGE_REMOTE_CACHE=DIR doit build target=orin_nano
     doit list                                    the stages
     doit build target=cpu config=team.yaml       with an overlay over models.yaml (also GLUEFORGE_CONFIG=team.yaml;
                                                  several: config=a.yaml,b.yaml): it adds or overrides weights,
@@ -28,6 +30,7 @@ PLAN = load_plan(
     channels=get_var("channel", "latest"),
     unvalidated=get_var("unvalidated", "0") == "1",
     signing_key=get_var("signing_key", None),
+    dest=get_var("dest", None),
 )
 
 # continue: a model whose weights cannot be fetched (or whose validation fails) does not stop the others;
@@ -79,6 +82,11 @@ def task_benchmark():
 def task_bundle():
     """bundle engine, I/O spec, validation, sample, benchmarks and report.html into the store, manifest last"""
     yield from PLAN.stage_tasks("bundle")
+
+
+def task_handoff():
+    """everything before the engine, for a device without torch: dest=DIR (glueforge/handoff.py)"""
+    yield from PLAN.handoff_tasks()
 
 
 def task_publish():

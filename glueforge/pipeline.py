@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from glueforge import PROJECT_ROOT, GlueforgeError, machine
-from glueforge.cache import ActionCache, GraphResults, RemoteCache, Result, action_key
+from glueforge.cache import ActionCache, DirectoryCache, GraphResults, RemoteCache, Result, SharedResults, action_key, open_remote
 from glueforge.config import Config, overlay_paths
 from glueforge.fetch import cached_digest, describe, fetch, weight_path
 from glueforge.files import sha256_file, sweep_temporaries, write_atomic
@@ -57,11 +57,12 @@ class MissingInput(GlueforgeError):
     """A stage's input is not built yet or cannot be built here."""
 
 
-def remote_cache(config: Config) -> RemoteCache | None:
-    """$GLUEFORGE_REMOTE_CACHE (s3://bucket/prefix, endpoint from $GLUEFORGE_S3_ENDPOINT), else cache.remote."""
+def remote_cache(config: Config) -> SharedResults | None:
+    """$GLUEFORGE_REMOTE_CACHE (s3://bucket/prefix, endpoint from $GLUEFORGE_S3_ENDPOINT; or a directory, such as
+    a hand-off), else cache.remote."""
     url = os.environ.get("GLUEFORGE_REMOTE_CACHE")
     if url:
-        return RemoteCache(url, os.environ.get("GLUEFORGE_S3_ENDPOINT"))
+        return open_remote(url, os.environ.get("GLUEFORGE_S3_ENDPOINT"))
     remote = config.project.cache.remote
     return RemoteCache(remote.url, remote.endpoint_url) if remote else None
 
@@ -311,6 +312,47 @@ class Pipeline:
         if result is None or not store.has(result.meta["manifest"]):
             return False
         return all(store.channel(model, target, c) == self.version(model) for c in channels)
+
+    # -- hand-off ---------------------------------------------------------------------------
+    def behind(self, stage: str, job: Job) -> set[str]:
+        """Every stage ``stage`` needs, directly or through another."""
+        seen: set[str] = set()
+        pending = list(self.needs(stage, job))
+        while pending:
+            need = pending.pop()
+            if need not in seen:
+                seen.add(need)
+                pending.extend(self.needs(need, job))
+        return seen
+
+    def handoff_stages(self, job: Job) -> list[str]:
+        """The stages behind the bundle that the engine does not feed (traces, references, the ONNX stages): what a
+        device without torch takes from a hand-off, derived from the stage graph."""
+        behind = self.behind("bundle", job)
+        after_engine = {s for s in behind if s == "engine" or "engine" in self.behind(s, job)}
+        return [s for s in STAGES if s in behind and s not in after_engine]
+
+    def handoff(self, model: str, target: str, shared: SharedResults) -> list[Result]:
+        """Share every result of ``model``'s hand-off stages for ``target`` (built where missing) through
+        ``shared``: a device that builds the same commit with it as its remote cache computes the same keys and
+        takes them from there (glueforge/handoff.py)."""
+        job = self.job(model, target)
+        results = [self.result(stage, model, target, graph) for stage in self.handoff_stages(job)
+                   for graph in self.graphs(stage, model, target)]
+        for result in results:
+            shared.push(result)
+        log.info("hand-off %s for %s: %d results in %s", model, target, len(results), shared)
+        return results
+
+    def handed_off(self, model: str, target: str, shared: DirectoryCache) -> bool:
+        """Whether ``shared`` holds every hand-off result of ``model`` for ``target`` (each built here)."""
+        job = self.job(model, target)
+        for stage in self.handoff_stages(job):
+            for graph in self.graphs(stage, model, target):
+                result = self.cached(stage, model, target, graph)
+                if result is None or not shared.has(stage, result.key):
+                    return False
+        return True
 
     # -- provenance -------------------------------------------------------------------------
     def tools(self, job: Job) -> dict[str, str]:

@@ -6,6 +6,7 @@ date is decided by its action key (content), not by file times.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from glueforge import PROJECT_ROOT, GlueforgeError, names
 from glueforge.log import configure_logging
 from glueforge.pipeline import STAGES, Pipeline
 from glueforge.store import parse_location
+
+log = logging.getLogger(__name__)
 
 
 def _task_of(stage: str) -> str:
@@ -57,6 +60,7 @@ class Plan:
         channels: str = "latest",
         unvalidated: bool = False,
         signing_key: str | None = None,
+        dest: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.target = target
@@ -74,6 +78,12 @@ class Plan:
             raise GlueforgeError(f"signing key {self.signing_key}: no such file (glueforge keygen --out DIR writes one)")
         if store is not None:
             parse_location(store)  # refused here, before any task runs
+        self.handoff_dest: Path | None = None  # doit handoff dest=DIR
+        if dest is not None:
+            location = parse_location(dest)
+            if not isinstance(location, Path):
+                raise GlueforgeError(f"dest={dest}: a hand-off is written to a directory (then carried to the device)")
+            self.handoff_dest = location
 
     def remote_store(self):
         """The store `doit publish` writes to: store=... on the command line, else store.remote of models.yaml."""
@@ -97,9 +107,21 @@ class Plan:
                 "name": name,
                 "doc": f"fetch and verify weight {name}",
                 "actions": [(_guarded, (self.pipeline.fetch, name))],
-                "uptodate": [_uptodate(self.pipeline.fetched, name)],
+                "uptodate": [_uptodate(self._fetched_or_unread, name)],  # doit: every condition must hold
                 "verbosity": 2,
             }
+
+    def _fetched_or_unread(self, weight: str) -> bool:
+        return self.pipeline.fetched(weight) or self._unread(weight)
+
+    def _unread(self, weight: str) -> bool:
+        """No step left to run reads ``weight``: each export and reference step of the selected models that use it
+        is cached, here or in the remote cache (a device building from a hand-off has no weights and needs none)."""
+        for model in self.models:
+            if weight in self.pipeline.weight_names(model).values():
+                if not all(self.pipeline.done(task, model, self.target) for task in ("export", "reference")):
+                    return False
+        return True
 
     def stage_tasks(self, stage: str) -> Iterator[dict[str, Any]]:
         """One task per selected model: it builds the steps of ``stage`` (and of the stages it builds with, such
@@ -120,6 +142,63 @@ class Plan:
                 "task_dep": deps,
                 "verbosity": 2,
             }
+
+    def handoff_tasks(self) -> Iterator[dict[str, Any]]:
+        """Per model, its hand-off stages' results into dest=DIR; then the notes of the whole hand-off
+        (glueforge/handoff.py)."""
+        for model in self.models:
+            stages = self.pipeline.handoff_stages(self.pipeline.job(model, self.target))
+            if self.handoff_dest is None:  # refused before anything is built
+                stages = []
+            yield {
+                "name": self._name(model),
+                "doc": f"hand {model} for target {self.target} off to a device: the results before its engine",
+                "actions": [(_guarded, (self._handoff, model))],
+                "uptodate": [_uptodate(self._handed_off, model)],
+                "task_dep": list(dict.fromkeys(f"{_task_of(stage)}:{self._name(model)}" for stage in stages)),
+                "verbosity": 2,
+            }
+        yield {
+            "name": self.target,
+            "doc": f"the hand-off's notes for target {self.target}: handoff.json, HANDOFF.md",
+            "actions": [(_guarded, (self._handoff_notes,))],
+            "task_dep": [f"handoff:{self._name(m)}" for m in self.models],
+            "verbosity": 2,
+        }
+
+    def _shared(self):
+        from glueforge.cache import DirectoryCache
+
+        if self.handoff_dest is None:
+            raise GlueforgeError("doit handoff needs dest=DIR: the directory to write the hand-off into")
+        return DirectoryCache(self.handoff_dest, create=True)
+
+    def _handoff(self, model: str) -> None:
+        self.pipeline.handoff(model, self.target, self._shared())
+
+    def _handed_off(self, model: str) -> bool:
+        return self.handoff_dest is not None and self.pipeline.handed_off(model, self.target, self._shared())
+
+    def _handoff_notes(self) -> None:
+        from glueforge.handoff import Handoff
+
+        shared, pipeline = self._shared(), self.pipeline
+        results = {}
+        for model in self.models:
+            job = pipeline.job(model, self.target)
+            results[model] = {"/".join(filter(None, (stage, graph))): pipeline.key(stage, model, self.target, graph)
+                              for stage in pipeline.handoff_stages(job) for graph in pipeline.graphs(stage, model, self.target)}
+        first_use = any(pipeline.config.project.weights[w].sha256 is None
+                        for m in self.models for w in pipeline.weight_names(m).values())
+        commit = pipeline.git_commit()
+        notes = []
+        if commit is None or commit.endswith("-dirty"):
+            notes.append("The laptop's checkout had uncommitted changes (or no git): the device computes the same "
+                         "action keys only from the same files.")
+        handoff = Handoff(self.target, {m: pipeline.version(m) for m in self.models}, results, commit,
+                          pipeline.config.overlays, pipeline.lock_path if first_use else None, notes)
+        handoff.write(shared.root)
+        log.info("hand-off for %s: %s (HANDOFF.md says what the device runs)", self.target, shared.root)
 
     def publish_tasks(self) -> Iterator[dict[str, Any]]:
         for model in self.models:
