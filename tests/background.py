@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+# Each chain's builds take one thread (torch, onnxruntime and OpenVINO read $OMP_NUM_THREADS: glueforge.machine):
+# three or four chains and the tests share two cores, so the parallelism is between processes, and a second thread
+# per process only adds its synchronisation. A thread limit the caller set is kept.
+THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
 class Chain:
     """``steps(run, mark)`` in a thread, where ``run(project, *args)`` runs doit in ``project`` like tests.project.doit,
     and ``mark(name, value)`` says a milestone is reached: another chain that builds on this one's first steps waits
@@ -43,7 +49,7 @@ class Chain:
         pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(project)) if p)
         self._process = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project, text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env={**os.environ, **(env or {}), "PYTHONPATH": pythonpath})
+                                         env={**os.environ, **THREADS, **(env or {}), "PYTHONPATH": pythonpath})
         stdout, stderr = self._process.communicate()
         proc = subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
         return parse_doit(proc)
