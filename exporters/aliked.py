@@ -51,7 +51,7 @@ def reference(spec: Spec, weights: Path, settings: Any):
 
 def build(spec: Spec, weights: Path, settings: Any):
     """Patched ALIKED: ``images (B, 3, H, W) -> keypoints (B, K, 2), scores (B, K), descriptors (B, K, D)``."""
-    from patches import (aliked_batched_sddh, aliked_deform_grid, aliked_fixed_topk_dkd, aliked_tensor_forward,
+    from glueforge.patches import (aliked_batched_sddh, aliked_deform_grid, aliked_fixed_topk_dkd, aliked_tensor_forward,
                          aliked_upsample_grid, apply_patches)
 
     return apply_patches(_kornia(spec, weights, settings), (aliked_upsample_grid, aliked_deform_grid, aliked_fixed_topk_dkd, aliked_batched_sddh,

@@ -57,6 +57,6 @@ def reference(spec: Spec, weights: Path, settings: Any):
 
 def build(spec: Spec, weights: Path, settings: Any):
     """Patched DISK: ``images (B, 3, H, W) -> keypoints (B, K, 2), scores (B, K), descriptors (B, K, D)``."""
-    from patches import apply_patches, disk_fixed_topk
+    from glueforge.patches import apply_patches, disk_fixed_topk
 
     return apply_patches(_kornia(weights), (disk_fixed_topk,), settings)

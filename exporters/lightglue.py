@@ -124,7 +124,7 @@ def build(spec: Spec, weights: Path, settings: Any):
     """Patched LightGlue: ``kpts0, kpts1 (B, K, 2) px, desc0, desc1 (B, K, D), size0, size1 (B, 2) (w, h),
     *features (scales0, scales1, oris0, oris1 for sift) -> matches0 (B, K), mscores0 (B, K)``; slots with
     x < 0 are padding and never match (``patches/lightglue_fixed_depth``)."""
-    from patches import (apply_patches, lightglue_concat_assignment, lightglue_fixed_depth, lightglue_posenc_expand,
+    from glueforge.patches import (apply_patches, lightglue_concat_assignment, lightglue_fixed_depth, lightglue_posenc_expand,
                          lightglue_static_heads)
 
     return apply_patches(_kornia(spec, weights),

@@ -7,7 +7,7 @@ It needs OpenCV (``opencv-python-headless``) and numpy, never torch.
 Upstream: ``lightglue/sift.py`` of cvg/LightGlue (commit 14a84dd; ``SIFT`` with
 ``backend="opencv"``), the extractor of the ``sift_lightglue`` checkpoint. Per image it
 1. makes the uint8 image as ``(image * 255.0).astype(np.uint8)`` (truncation, not rounding; the
-   [0, 1] images of ``validation.images`` are ``pixel / 255`` in float32 and come back exactly);
+   [0, 1] images of ``glueforge.validation.images`` are ``pixel / 255`` in float32 and come back exactly);
 2. runs ``cv2.SIFT_create(contrastThreshold=detection_threshold, nfeatures=max_num_keypoints,
    edgeThreshold=edge_threshold, nOctaveLayers=num_octaves).detectAndCompute(image, None)``
    (upstream passes its ``num_octaves`` as OpenCV's ``nOctaveLayers``; this spec keeps its name);

@@ -55,6 +55,6 @@ def reference(spec: Spec, weights: Path, settings: Any):
 
 def build(spec: Spec, weights: Path, settings: Any):
     """Patched XFeat: ``images (B, 3, H, W) -> keypoints (B, K, 2), scores (B, K), descriptors (B, K, 64)``."""
-    from patches import apply_patches, xfeat_space_to_depth, xfeat_tensor_forward
+    from glueforge.patches import apply_patches, xfeat_space_to_depth, xfeat_tensor_forward
 
     return apply_patches(_kornia(weights, settings), (xfeat_space_to_depth, xfeat_tensor_forward), settings)

@@ -415,7 +415,7 @@ def _parity(model: str, target: str, data: Path) -> str:
     """The parity table of ``model``'s bundle for ``target`` (built if needed)."""
     from glueforge.graphs import Models
     from glueforge.pipeline import Pipeline
-    from validation.parity import bundle_parity, table
+    from glueforge.validation.parity import bundle_parity, table
 
     pipeline = Pipeline.load(Path.cwd()) if (Path.cwd() / "models.yaml").is_file() else Pipeline.load()
     pipeline.hold()  # it may build: one build at a time per checkout

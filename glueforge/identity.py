@@ -16,7 +16,7 @@ from typing import Iterable
 
 from glueforge.files import sha256_file
 
-PACKAGES = ("glueforge", "exporters", "patches", "runtimes", "validation")  # the project's own code
+PACKAGES = ("glueforge",)  # the project's own code: exporters, patches, runtimes and validation are its subpackages
 
 
 @functools.cache

@@ -16,8 +16,8 @@ from types import ModuleType
 
 from glueforge import GlueforgeError
 
-FAMILY_PACKAGE = "exporters"
-RUNTIME_PACKAGE = "runtimes"
+FAMILY_PACKAGE = "glueforge.exporters"
+RUNTIME_PACKAGE = "glueforge.runtimes"
 
 
 class UnknownPlugin(GlueforgeError):

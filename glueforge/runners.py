@@ -2,7 +2,7 @@
 
 Validation compares engines through polygraphy's ``Comparator``, which takes polygraphy runners.
 Where a runtime's engines run through our own runner (TensorRT and TensorRT-RTX engines:
-``runtimes.tensorrt.EngineGraph``, over NVIDIA's runtime API and cuda-python), this adapter lets
+``glueforge.runtimes.tensorrt.EngineGraph``, over NVIDIA's runtime API and cuda-python), this adapter lets
 validation run the engine exactly as the runtime API and ``glueforge bench`` run it on the device.
 The inverse adapter is ``glueforge.runtime.PolygraphyGraph``.
 """

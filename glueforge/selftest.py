@@ -4,7 +4,7 @@ Every bundle validated by glueforge carries ``sample.npz``: its validation pair 
 caller passes them, uint8) and what the runtime API returned on them when the bundle was built,
 through the runner validation used. The self-test runs the same API calls on this machine and
 checks the agreement against the thresholds the bundle was validated with (``manifest.json``
-``validation.thresholds``): keypoints with a mutual nearest neighbour within 1 px, descriptor
+``glueforge.validation.thresholds``): keypoints with a mutual nearest neighbour within 1 px, descriptor
 cosine, and the share of the recorded matches reproduced, and of the produced matches recorded.
 """
 

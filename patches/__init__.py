@@ -49,7 +49,7 @@ def patch_module(name: str):
     if not (PATCH_DIR / f"{name}.py").is_file():
         known = sorted(p.stem for p in PATCH_DIR.glob("[!_]*.py"))
         raise PatchError(f"unknown patch {name!r}; known patches: {', '.join(known)}")
-    return importlib.import_module(f"patches.{name}")
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def apply_patches(model: nn.Module, patches: Iterable[Union[ModuleType, str]], settings: Any) -> nn.Module:

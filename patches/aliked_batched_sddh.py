@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from kornia.feature.aliked.aliked import SDDH
 
-from patches import swap_class
-from patches._shapes import size_wh
+from glueforge.patches import swap_class
+from glueforge.patches._shapes import size_wh
 
 TARGET = SDDH
 

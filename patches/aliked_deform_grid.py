@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 from kornia.feature.aliked.aliked import DeformableConv2d
 
-from patches import swap_class
+from glueforge.patches import swap_class
 
 TARGET = DeformableConv2d
 

@@ -9,7 +9,7 @@ Why it fails: the boolean indexing and the per-image lists give data-dependent s
 loop unrolls over the traced batch size, so the graph is tied to one batch; ``nn.Unfold`` of
 the whole map materialises ``(2r+1)^2 * H * W`` values to read ``(2r+1)^2 * K`` of them.
 
-Replacement: max-pool NMS and one ``TopK`` of exactly K per image (``patches._keypoints``),
+Replacement: max-pool NMS and one ``TopK`` of exactly K per image (``glueforge.patches._keypoints``),
 the soft-argmax window read with one ``Gather`` around each peak (its weighted mean as
 Mul + ReduceSum rather than a MatMul), and the score read with a batched ``grid_sample``.
 Outputs are ``(B, K, 2)`` keypoints in [-1, 1], ``(B, K)`` scores and ``(B, K)`` bool ``valid``:
@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from kornia.feature.aliked.aliked import DKD
 
-from patches import swap_class
-from patches._keypoints import top_k_valid_maxima
-from patches._shapes import size_wh
+from glueforge.patches import swap_class
+from glueforge.patches._keypoints import top_k_valid_maxima
+from glueforge.patches._shapes import size_wh
 
 TARGET = DKD
 

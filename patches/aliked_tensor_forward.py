@@ -24,8 +24,8 @@ import torch
 from kornia.feature.aliked.aliked import ALIKED
 
 from glueforge.schema import PADDING
-from patches import swap_class
-from patches._shapes import size_wh
+from glueforge.patches import swap_class
+from glueforge.patches._shapes import size_wh
 
 TARGET = ALIKED
 

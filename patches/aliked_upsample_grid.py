@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patches import swap_class
+from glueforge.patches import swap_class
 
 TARGET = nn.Upsample
 

@@ -10,7 +10,7 @@ Why it fails: ``nonzero`` and the boolean masks give data-dependent shapes, the 
 over the traced batch size, and the dataclass list has no graph representation.
 
 Replacement: max-pool NMS with the same 5x5 window and border rule and one ``TopK`` of
-exactly K per image (``patches._keypoints.top_k_valid_maxima``), then one ``Gather`` of the
+exactly K per image (``glueforge.patches._keypoints.top_k_valid_maxima``), then one ``Gather`` of the
 dense descriptors at those pixels, L2-normalised. Keypoints come strongest first rather than
 in raster order; LightGlue is invariant to keypoint order. The detection threshold is not
 applied: with a fixed K the K strongest maxima are returned, as upstream does with
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from kornia.feature.disk.disk import DISK
 
 from glueforge.schema import PADDING
-from patches import swap_class
-from patches._keypoints import top_k_valid_maxima
+from glueforge.patches import swap_class
+from glueforge.patches._keypoints import top_k_valid_maxima
 
 TARGET = DISK
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from kornia.feature.lightglue import MatchAssignment
 
-from patches import swap_class
+from glueforge.patches import swap_class
 
 TARGET = MatchAssignment
 

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from kornia.feature.lightglue import LightGlue, filter_matches
 
-from patches import swap_class
+from glueforge.patches import swap_class
 
 TARGET = LightGlue
 PADDING_BIAS = -1.0e4  # added to the scores of a padded key: exp underflows to 0 in FP32 and FP16

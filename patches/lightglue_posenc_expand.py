@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from kornia.feature.lightglue import LearnableFourierPositionalEncoding
 
-from patches import swap_class
+from glueforge.patches import swap_class
 
 TARGET = LearnableFourierPositionalEncoding
 

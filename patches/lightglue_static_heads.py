@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from kornia.feature.lightglue import CrossBlock, SelfBlock
 
-from patches import swap_class
+from glueforge.patches import swap_class
 
 TARGET = (SelfBlock, CrossBlock)
 

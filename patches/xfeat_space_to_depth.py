@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from kornia.feature.xfeat import XFeatModel
 
-from patches import swap_class
+from glueforge.patches import swap_class
 
 TARGET = XFeatModel
 

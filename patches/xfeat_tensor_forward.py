@@ -20,7 +20,7 @@ lands on pixel ``p`` itself (source index ``p + p / (W - 1) - 0.5`` rounds to ``
 is the heatmap; the reliability is read with upstream's bilinear ``grid_sample`` and grid
 over the whole pixel grid, so from the same maps each maximum gets upstream's score bit for
 bit. Max-pool NMS
-(``patches._keypoints.local_maxima``, radius 2) and one ``TopK`` of exactly K rank the maxima
+(``glueforge.patches._keypoints.local_maxima``, radius 2) and one ``TopK`` of exactly K rank the maxima
 by that score. The descriptors are upstream's: bicubic ``grid_sample`` at the keypoints of the
 normalised dense map, normalised again. Outputs: ``keypoints`` (B, K, 2) float pixels (x, y),
 ``scores`` (B, K) sorted descending, ``descriptors`` (B, K, 64) unit length. The slots upstream
@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from kornia.feature.xfeat import XFeat
 
 from glueforge.schema import PADDING
-from patches import swap_class
-from patches._keypoints import local_maxima
-from patches._shapes import size_wh
+from glueforge.patches import swap_class
+from glueforge.patches._keypoints import local_maxima
+from glueforge.patches._shapes import size_wh
 
 TARGET = XFeat
 NMS_RADIUS = 2  # upstream's 5 x 5 window

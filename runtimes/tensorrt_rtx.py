@@ -13,7 +13,7 @@ H100). TensorRT-RTX builds strongly typed networks only:
 - runner: on machines without an RTX GPU, validation runs the FP16 ONNX each engine was
   compiled from (shipped in the bundle next to it) with onnxruntime on the CPU;
 - open_graph (the runtime API): the engine itself through TensorRT-RTX's runtime API
-  (``runtimes.tensorrt.EngineGraph``), on an RTX GPU; tested here with stand-ins.
+  (``glueforge.runtimes.tensorrt.EngineGraph``), on an RTX GPU; tested here with stand-ins.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from glueforge import machine
 from glueforge.lint import Rules
 from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable
 from glueforge.schema import BatchProfile, TargetSpec
-from runtimes import tensorrt
+from glueforge.runtimes import tensorrt
 
 log = logging.getLogger(__name__)
 NAME = "tensorrt_rtx"
@@ -140,7 +140,7 @@ def runs_here(target: Target) -> str | None:
 
 
 def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None = None):
-    """``graph``'s engine of a bundle, for the runtime API (``runtimes.tensorrt.EngineGraph``: TensorRT-RTX's
+    """``graph``'s engine of a bundle, for the runtime API (``glueforge.runtimes.tensorrt.EngineGraph``: TensorRT-RTX's
     runtime API mirrors TensorRT's): needs tensorrt_rtx, cuda-python and an RTX GPU of the engine's compute
     capabilities. Without one, the engine cannot run; validation ran its FP16 ONNX instead (``runner``)."""
     try:

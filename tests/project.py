@@ -47,7 +47,10 @@ def project_files(root: Path) -> list[str]:
 def clone_project(dest: Path, artifacts_from: Path | None = None) -> Path:
     """Copy the project's files (not its artifacts) to ``dest``; hard-link ``artifacts_from``'s artifacts."""
     for rel in project_files(REPO):
-        if (REPO / rel).is_file():
+        if (REPO / rel).is_symlink():  # glueforge/runtimes -> ../runtimes and the like: links, as in a git clone
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(REPO / rel), dest / rel)
+        elif (REPO / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
     if artifacts_from is not None:  # cache entries and bundles are immutable, so links are safe
@@ -97,7 +100,7 @@ def assert_parity(project: Path, model: str, target: str, download_cache: Path, 
     import pytest
 
     from glueforge.views import payload
-    from validation.parity import bundle_parity, table
+    from glueforge.validation.parity import bundle_parity, table
 
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")

@@ -26,7 +26,7 @@ def lightglue_state_dict(features: str, seed: int) -> dict[str, torch.Tensor]:
     """A LightGlue of the ``features`` checkpoint's architecture with seeded random weights, in the release layout."""
     from kornia.feature import LightGlue
 
-    from exporters.lightglue import ARCHITECTURES
+    from glueforge.exporters.lightglue import ARCHITECTURES
 
     torch.manual_seed(seed)
     conf = {"add_scale_ori": False, **ARCHITECTURES[features]}
@@ -45,7 +45,7 @@ def lightglue_state_dict(features: str, seed: int) -> dict[str, torch.Tensor]:
 
 def write_weights(directory: Path, seed: int = 0) -> dict[str, Path]:
     """The four unreachable weights, seeded, as .pth files in ``directory``: weight name -> file."""
-    from exporters.superpoint import random_state_dict
+    from glueforge.exporters.superpoint import random_state_dict
 
     directory.mkdir(parents=True, exist_ok=True)
     states = {

@@ -23,9 +23,9 @@ import torch
 from glueforge.config import Config
 from glueforge.fetch import fetch
 from glueforge.graphs import Models, graph_io
-from runtimes import onnxruntime as onnxruntime_target
-from validation.images import load_padded
-from validation.metrics import pair_metrics
+from glueforge.runtimes import onnxruntime as onnxruntime_target
+from glueforge.validation.images import load_padded
+from glueforge.validation.metrics import pair_metrics
 
 from tests.project import REPO, SHARED_DATA, VERSIONS
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from glueforge.config import Config, ConfigError
-from runtimes.tensorrt import MAX_TOPK as TENSORRT_MAX_TOPK
+from glueforge.runtimes.tensorrt import MAX_TOPK as TENSORRT_MAX_TOPK
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_YAML = REPO / "models.yaml"

@@ -20,8 +20,8 @@ from glueforge.config import Config
 from glueforge.fetch import fetch
 from glueforge.graphs import Models, graph_io
 from glueforge.pipeline import Pipeline
-from validation.images import load, load_padded
-from validation.metrics import mutual_nearest
+from glueforge.validation.images import load, load_padded
+from glueforge.validation.metrics import mutual_nearest
 
 from tests.project import REPO, SHARED_DATA
 

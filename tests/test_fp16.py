@@ -15,7 +15,7 @@ import onnxruntime as ort
 import torch
 
 from glueforge.fp16 import fp32_islands, keypoint_chain, to_fp16
-from patches.aliked_upsample_grid import upsample_grid
+from glueforge.patches.aliked_upsample_grid import upsample_grid
 
 
 class _Upsample(torch.nn.Module):

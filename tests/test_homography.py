@@ -22,7 +22,7 @@ import glueforge
 from glueforge.homography import auc, corner_error, evaluate, make_warps
 from glueforge.pipeline import Pipeline
 from tests.project import MODELS, SHARED_DATA, VERSIONS
-from validation.validate import homography
+from glueforge.validation.validate import homography
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import yaml
 from glueforge.config import Config, ConfigError
 from glueforge.files import sha256_file
 from glueforge.runtime import EngineBuildError, Incompatible
-from runtimes import openvino
+from glueforge.runtimes import openvino
 
 from tests.project import MATCHED, MODELS, VERSIONS, assert_parity
 

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import torch
 
-from exporters import disk as disk_family
-from exporters import lightglue
+from glueforge.exporters import disk as disk_family
+from glueforge.exporters import lightglue
 from glueforge.config import Config
 from glueforge.fetch import fetch
 
@@ -300,7 +300,7 @@ class _MaskedAttention(torch.nn.Module):
     """The patched self/cross attention core, as exported: Q, K, V (B, heads, S or T, d), key bias (B, 1, 1, T)."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        from patches.lightglue_static_heads import attention
+        from glueforge.patches.lightglue_static_heads import attention
 
         b, heads, _, d = q.shape  # the sizes from the inputs: the fusion wants the context used by one Transpose only
         return attention(q, k, v, bias).transpose(1, 2).reshape(b, -1, heads * d)
@@ -316,7 +316,7 @@ def test_attention_fusion_passes_the_key_bias_as_attention_bias(tmp_path, static
 
     from glueforge.attention import fuse_attention
     from glueforge.stages.simplify import simplify
-    from patches.lightglue_fixed_depth import PADDING_BIAS
+    from glueforge.patches.lightglue_fixed_depth import PADDING_BIAS
 
     b, heads, s, t, d = 2, 4, 7, 11, 16
     q, k, v = torch.randn(b, heads, s, d), torch.randn(b, heads, t, d), torch.randn(b, heads, t, d)
@@ -359,7 +359,7 @@ def disk_models(download_cache):
 
 
 def _crops() -> list[torch.Tensor]:
-    from validation.images import load
+    from glueforge.validation.images import load
 
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there")
@@ -444,8 +444,8 @@ def test_sift_lightglue_on_small_crops_matches_as_kornia(tmp_path):
     """Two overlapping 160x200 crops of a photograph at K = 1024: host SIFT finds far fewer, pads the
     rest, and the patched LightGlue (the sift checkpoint's architecture, seeded weights) gives exactly
     kornia's ``LightGlue("sift")`` matches on the unpadded sets, none touching a padded slot."""
-    from exporters import sift
-    from validation.images import load
+    from glueforge.exporters import sift
+    from glueforge.validation.images import load
 
     if not SHARED_DATA.is_dir():
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there")

@@ -15,11 +15,11 @@ import torch
 from kornia.feature.lightglue import CrossBlock, LearnableFourierPositionalEncoding, SelfBlock, sigmoid_log_double_softmax
 from kornia.geometry.subpix import nms2d
 
-import patches
-from patches import PatchError, apply_patches
-from patches._keypoints import local_maxima, top_k_maxima, top_k_valid_maxima
-from patches.lightglue_concat_assignment import concat_log_double_softmax
-from patches.lightglue_fixed_depth import PADDING_BIAS, normalize_keypoints, padding_bias
+from glueforge import patches
+from glueforge.patches import PatchError, apply_patches
+from glueforge.patches._keypoints import local_maxima, top_k_maxima, top_k_valid_maxima
+from glueforge.patches.lightglue_concat_assignment import concat_log_double_softmax
+from glueforge.patches.lightglue_fixed_depth import PADDING_BIAS, normalize_keypoints, padding_bias
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +213,7 @@ def test_deform_grid_equals_upstream(mask):
 
     from kornia.feature.aliked.aliked import DeformableConv2d
 
-    from patches import aliked_deform_grid
+    from glueforge.patches import aliked_deform_grid
 
     torch.manual_seed(0)
     upstream = DeformableConv2d(16, 32, mask=mask).eval()
@@ -234,7 +234,7 @@ def test_upsample_grid_equals_upstream(scale):
     """GridSample over the aligned-corners grid: nn.Upsample's bilinear interpolation to float32 rounding."""
     import copy
 
-    from patches import aliked_upsample_grid
+    from glueforge.patches import aliked_upsample_grid
 
     upstream = torch.nn.Sequential(torch.nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=True))
     patched = copy.deepcopy(upstream)

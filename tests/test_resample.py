@@ -15,7 +15,7 @@ from torch import nn
 
 from glueforge.resample import regular_grid_to_resize
 from glueforge.stages.simplify import simplify
-from patches.aliked_upsample_grid import upsample_grid
+from glueforge.patches.aliked_upsample_grid import upsample_grid
 
 
 class Upsample(nn.Module):

@@ -176,7 +176,7 @@ def test_fit_pads_to_the_divisor_and_resizes_only_past_the_profile():
 
 
 def test_preprocess_is_what_validation_feeds():
-    from validation.images import default_images, default_pairs
+    from glueforge.validation.images import default_images, default_pairs
 
     for colour in ("RGB", "L"):
         images = default_images((480, 640), colour)

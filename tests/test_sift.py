@@ -14,10 +14,10 @@ import types
 import numpy as np
 import pytest
 
-from exporters import sift
+from glueforge.exporters import sift
 from glueforge import GlueforgeError
 from glueforge.schema import PADDING
-from validation.images import load
+from glueforge.validation.images import load
 
 from tests.project import SHARED_DATA
 

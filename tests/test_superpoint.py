@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from exporters import superpoint
+from glueforge.exporters import superpoint
 from glueforge.schema import PADDING
 from glueforge.weights import WeightsError
-from validation.images import load
-from validation.metrics import descriptor_cosine, keypoint_mnn_rate, mutual_nearest
+from glueforge.validation.images import load
+from glueforge.validation.metrics import descriptor_cosine, keypoint_mnn_rate, mutual_nearest
 
 from tests.project import REPO, SHARED_DATA
 

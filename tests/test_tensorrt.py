@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import onnx
@@ -21,7 +22,7 @@ import pytest
 
 from glueforge.config import Config
 from glueforge.runtime import EngineBuildError
-from runtimes.tensorrt import parse_trtexec, profile_shapes, timing_cache_path, trtexec_command
+from glueforge.runtimes.tensorrt import parse_trtexec, profile_shapes, timing_cache_path, trtexec_command
 from tests.project import ORIN_MODEL, doit
 
 STAND_IN = Path(__file__).resolve().parent / "stand_in"
@@ -54,12 +55,20 @@ def test_stopping_after_the_onnx_stages_on_purpose(fused):
     assert executed == [] and f"fuse:orin_nano:{MODEL}" in skipped
 
 
-def _result(fused: Path, stage: str, target: str = "orin_nano"):
+def _result(fused: Path, stage: str, target: str = "orin_nano", stand_in: bool = False):
     """The cached result of ``stage`` for MODEL on ``target`` in the fused project (its artifacts hold other
-    targets' too)."""
+    targets' too). ``stand_in``: computed as a build with the stand-in ``tensorrt`` computes it (the installed
+    TensorRT is part of the engine's key)."""
     from glueforge.pipeline import Pipeline
 
-    result = Pipeline.load(fused).cached(stage, MODEL, target)
+    if stand_in:
+        sys.path.insert(0, str(STAND_IN))
+    try:
+        result = Pipeline.load(fused).cached(stage, MODEL, target)
+    finally:
+        if stand_in:
+            sys.path.remove(str(STAND_IN))
+            sys.modules.pop("tensorrt", None)
     assert result is not None, f"{stage} of {MODEL} for {target} is not cached"
     return result
 
@@ -154,7 +163,7 @@ def test_parser_proxy_names_the_node_it_cannot_parse(tmp_path):
     from onnx import TensorProto, helper
 
     from glueforge.runtime import BuildContext
-    from runtimes import tensorrt
+    from glueforge.runtimes import tensorrt
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])
@@ -197,7 +206,7 @@ def test_python_builder_path_with_stand_in(fused):
     proc, executed, _ = _engine(fused, env, target="agx_orin")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert executed == [f"engine:agx_orin:{MODEL}"]
-    result = _result(fused, "engine", "agx_orin").path / "result.json"
+    result = _result(fused, "engine", "agx_orin", stand_in=True).path / "result.json"
     meta = json.loads(result.read_text())["meta"]
     assert meta["builder"] == "python" and meta["tensorrt"] == "10.3.0.30" and meta["compute_capability"] == ["8.7"]
     fused_meta = _result(fused, "fuse", "agx_orin").meta

@@ -1,4 +1,4 @@
-"""The TensorRT and TensorRT-RTX runners (``runtimes.tensorrt.EngineGraph``) driven through the runtime
+"""The TensorRT and TensorRT-RTX runners (``glueforge.runtimes.tensorrt.EngineGraph``) driven through the runtime
 API and ``glueforge bench``, with stand-ins of TensorRT, TensorRT-RTX and cuda-python.
 
 Neither an RTX GPU nor TensorRT exists here. The real ``rtx`` bundle of XFeat + LighterGlue (real
@@ -97,7 +97,7 @@ def test_runner_binds_runs_and_counts_device_memory(stand_in_bundles, runtime, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["trt"].startswith(str(STAND_IN / ("tensorrt" if runtime == "tensorrt" else "tensorrt_rtx")))
-    assert set(out["runners"].values()) == {"runtimes.tensorrt.EngineGraph"}
+    assert set(out["runners"].values()) == {"glueforge.runtimes.tensorrt.EngineGraph"}
     assert out["pair_equal"] and out["pair"] > 100 and out["one"] > 500 and out["match"] > 100
     # device memory: each engine's activation memory plus its input and output buffers
     assert out["device_memory"] == sum(out["engine_memory"].values()) + sum(sum(b.values()) for b in out["buffers"].values())

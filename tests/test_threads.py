@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from glueforge.machine import thread_limit
-from runtimes.onnxruntime import OrtSession, session
+from glueforge.runtimes.onnxruntime import OrtSession, session
 
 
 @pytest.fixture

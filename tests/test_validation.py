@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from validation.validate import align_keypoints
+from glueforge.validation.validate import align_keypoints
 
 
 def test_swapped_keypoints_are_aligned_for_per_image_and_per_pair_outputs():

@@ -19,8 +19,8 @@ import torch
 from glueforge.config import Config
 from glueforge.fetch import fetch
 from glueforge.graphs import Models, graph_io
-from validation.images import load, shared_pairs
-from validation.metrics import matches_of_pair, pair_metrics
+from glueforge.validation.images import load, shared_pairs
+from glueforge.validation.metrics import matches_of_pair, pair_metrics
 
 from tests.project import REPO, SHARED_DATA
 

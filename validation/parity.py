@@ -20,8 +20,8 @@ import torch
 
 from glueforge import registry
 from glueforge.graphs import Models
-from validation.images import load, shared_pairs
-from validation.metrics import matches_of_pair, pair_metrics
+from glueforge.validation.images import load, shared_pairs
+from glueforge.validation.metrics import matches_of_pair, pair_metrics
 
 
 def bundle_parity(bundle: Path, models: Models, data_dir: Path,

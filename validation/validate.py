@@ -26,7 +26,7 @@ import numpy as np
 from glueforge import GlueforgeError
 from glueforge.progress import progress
 from glueforge.schema import TargetSpec as Target
-from validation.metrics import matches_of_pair, mutual_nearest, pair_metrics
+from glueforge.validation.metrics import matches_of_pair, mutual_nearest, pair_metrics
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from glueforge.bench import Budget, bench, report
 from glueforge import registry
 from glueforge.schema import BenchmarkSettings, ExtractorSpec, MatcherSpec, TargetSpec
 from glueforge.stages import Job, Label, Services, Stage
-from validation.images import default_images
+from glueforge.validation.images import default_images
 
 log = logging.getLogger(__name__)
 BENCHMARKS = "benchmarks.json"

@@ -1,6 +1,6 @@
 """bundle: engine files + I/O spec + validation + benchmark -> a bundle directory with manifest.json.
 
-Besides the engine files, a bundle holds ``io.json``, ``validation.json``, ``sample.npz`` (the
+Besides the engine files, a bundle holds ``io.json``, ``glueforge.validation.json``, ``sample.npz`` (the
 validation pair and the runtime API's outputs on it, for ``glueforge infer --self-test``) and
 ``report.html`` (``glueforge.report``). The manifest is written last, after every file it lists
 has been hashed. Its ``runtime`` block is what the runtime module's engine build returned (name,

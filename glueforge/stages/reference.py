@@ -12,7 +12,7 @@ One step per model and keypoint count: its view (``ExportSettings.for_reference`
 output form and no opset, so cpu, openvino and the TensorRT targets share it where K is equal.
 Only the validate stage reads it: an edit here or in the validation images re-runs references and
 validation, never a trace or an engine.
-Code identity: this module (with ``validation.images`` and ``glueforge.homography``) and the
+Code identity: this module (with ``glueforge.validation.images`` and ``glueforge.homography``) and the
 families of the model's parts.
 """
 
@@ -66,7 +66,7 @@ def record(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> 
     import torch
 
     from glueforge.graphs import Models, graph_io
-    from validation.images import default_pairs
+    from glueforge.validation.images import default_pairs
 
     torch.manual_seed(0)
     models = Models(settings, weights)
@@ -120,7 +120,7 @@ def homography_reference(models, settings: ExportSettings) -> dict[str, np.ndarr
     import torch
 
     from glueforge.homography import default_images, make_warps, mutual_nearest_descriptors
-    from validation.images import prepare
+    from glueforge.validation.images import prepare
 
     x = settings.extractor
     out: dict[str, np.ndarray] = {}

@@ -3,7 +3,7 @@
 The comparison and the task metrics are ``validation/validate.py``; the runner is the target
 runtime module's (what it actually runs is its ``measured_with``, recorded in the report). A
 failure raises :class:`ValidationFailed` naming every failed check and stops the bundle. A pass
-then runs the homography gate (``validation.validate.homography``: the engine's AUC@3px on seeded
+then runs the homography gate (``glueforge.validation.validate.homography``: the engine's AUC@3px on seeded
 warps of photographs against the upstream model's, within the target's margin), and records the
 bundle's sample (``sample.npz``): the validation pair and what the runtime API returns on it,
 which ``glueforge infer --self-test`` compares with on the machine that runs it.
@@ -24,8 +24,8 @@ from glueforge.api import Bundle, run_spec
 from glueforge.runtime import PolygraphyGraph
 from glueforge.schema import ExtractorSpec, MatcherSpec, TargetSpec
 from glueforge.stages import Job, Label, Services, Stage, tool_versions
-from validation.images import default_images
-from validation.validate import ValidationFailed, homography, validate
+from glueforge.validation.images import default_images
+from glueforge.validation.validate import ValidationFailed, homography, validate
 
 SAMPLE = "sample.npz"
 

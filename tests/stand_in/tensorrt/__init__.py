@@ -7,7 +7,7 @@ pools, optimization profiles, timing caches, layer precisions. The parser reads
 the ONNX file with ``onnx`` so that layers carry the graph's node names; the "engine" is a
 JSON record of what the builder was configured to do, and of the ONNX file it parsed.
 
-It also mirrors the runtime API that ``runtimes.tensorrt.EngineGraph`` calls (Runtime,
+It also mirrors the runtime API that ``glueforge.runtimes.tensorrt.EngineGraph`` calls (Runtime,
 ICudaEngine, IExecutionContext): the stand-in engine runs its ONNX with onnxruntime on the host,
 reading its inputs from and writing its outputs to the "device" pointers it is given (the
 stand-in ``cuda.bindings.runtime`` allocates host memory), checking shapes against the engine's
