@@ -49,6 +49,7 @@ class Handoff:
         if self.overlays:
             build.append("config=" + ",".join(f"$HANDOFF/{CONFIG}/{name}" for name in self.overlay_names()))
         lines = [
+            "# HANDOFF=<this directory's path on the device>; the commit below must be pushed where the device clones from",
             f"git checkout {self.commit.removesuffix('-dirty')}" if self.commit else "# the laptop's checkout was not a git repository: use the same files",
             'python3 -m venv --system-site-packages .venv && . .venv/bin/activate && pip install -e ".[jetson]"',
         ]
