@@ -106,6 +106,19 @@ def _checked_record(body: bytes, where: object, stage: str, key: str) -> dict[st
     return record
 
 
+def _fetch_files(record: dict[str, Any], into: Path, where: object, stage: str, key: str,
+                 get: Callable[[str, Path], None]) -> dict[str, Any]:
+    """Every file of a checked ``record`` into ``into`` (``get(digest, path)`` writes one blob), each verified
+    against its sha256; the record."""
+    for name, entry in record["files"].items():
+        path = into / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        get(entry["sha256"], path)
+        if sha256_file(path) != entry["sha256"]:
+            raise ValueError(f"{where}: blob of {stage} {key[:12]} {name} does not match its sha256")
+    return record
+
+
 class RemoteCache:
     """Stage results shared through an S3 store (:class:`SharedResults`), the blobs shared with published bundles.
     Runners share nothing else and never talk to each other."""
@@ -125,14 +138,8 @@ class RemoteCache:
         body = self.store.bucket.get_bytes(self._record(stage, key))
         if body is None:
             return None
-        record = _checked_record(body, self, stage, key)
-        for name, entry in record["files"].items():
-            path = into / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.store.bucket.download(self.store.blob_key(entry["sha256"]), path)
-            if sha256_file(path) != entry["sha256"]:
-                raise ValueError(f"{self}: blob of {stage} {key[:12]} {name} does not match its sha256")
-        return record
+        return _fetch_files(_checked_record(body, self, stage, key), into, self, stage, key,
+                            lambda digest, path: self.store.bucket.download(self.store.blob_key(digest), path))
 
     def push(self, result: "Result") -> None:
         self.store.upload_blobs(result.path, result.files)
@@ -170,17 +177,13 @@ class DirectoryCache:
             body = self._record(stage, key).read_bytes()
         except FileNotFoundError:
             return None
-        record = _checked_record(body, self, stage, key)
-        for name, entry in record["files"].items():
-            path = into / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.copyfile(self._blob(entry["sha256"]), path)
-            except FileNotFoundError:
-                raise ValueError(f"{self}: blob {entry['sha256'][:12]} of {stage} {key[:12]} {name} is missing") from None
-            if sha256_file(path) != entry["sha256"]:
-                raise ValueError(f"{self}: blob of {stage} {key[:12]} {name} does not match its sha256")
-        return record
+        return _fetch_files(_checked_record(body, self, stage, key), into, self, stage, key, self._copy_blob)
+
+    def _copy_blob(self, digest: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._blob(digest), path)
+        except FileNotFoundError:
+            raise ValueError(f"{self}: blob {digest[:12]} is missing") from None
 
     def push(self, result: "Result") -> None:
         try:

@@ -18,7 +18,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from glueforge.files import write_atomic
 
@@ -64,14 +64,14 @@ class Handoff:
         """The notes and the overlays (models.lock too, where needed) into ``dest``; a note is rewritten only
         when its content changes."""
         for name, path in zip(self.overlay_names(), self.overlays):
-            _copy(path, dest / CONFIG / name)
+            _write(dest / CONFIG / name, path.read_bytes())
         if self.lock is not None:
-            _copy(self.lock, dest / LOCK)
+            _write(dest / LOCK, self.lock.read_bytes())
         notes = {"target": self.target, "commit": self.commit, "models": dict(self.models),
                  "results": {m: dict(r) for m, r in self.results.items()}, "overlays": self.overlay_names(),
                  "models_lock": self.lock is not None, "commands": self.commands(), "notes": self.notes}
-        _write(dest / NOTES, json.dumps(notes, indent=1) + "\n")
-        _write(dest / README, self.readme())
+        _write(dest / NOTES, (json.dumps(notes, indent=1) + "\n").encode())
+        _write(dest / README, self.readme().encode())
 
     def readme(self) -> str:
         models = "\n".join(f"- {m} {v}: {len(self.results.get(m, {}))} results" for m, v in self.models.items())
@@ -91,19 +91,8 @@ def _quote(arg: str) -> str:
     return arg if "$HANDOFF" in arg and not any(c in arg for c in " '\"\\;&|") else shlex.quote(arg)
 
 
-def _copy(source: Path, dest: Path) -> None:
-    if dest.is_file() and dest.read_bytes() == source.read_bytes():
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(dest, source.read_bytes())
-
-
-def _write(dest: Path, text: str) -> None:
-    if not (dest.is_file() and dest.read_text() == text):
-        write_atomic(dest, text)
-
-
-def read(dest: Path) -> dict[str, Any]:
-    """``handoff.json`` of a hand-off directory."""
-    return json.loads((Path(dest) / NOTES).read_text())
-
+def _write(dest: Path, data: bytes) -> None:
+    """``data`` into ``dest``, written only when it differs."""
+    if not (dest.is_file() and dest.read_bytes() == data):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(dest, data)

@@ -184,6 +184,17 @@ class Pipeline:
     def needs(self, stage: str, job: Job) -> tuple[str, ...]:
         return STAGES[stage].needs(job, self.unvalidated)
 
+    def behind(self, stage: str, job: Job) -> set[str]:
+        """Every stage ``stage`` needs, directly or through another."""
+        seen: set[str] = set()
+        pending = list(self.needs(stage, job))
+        while pending:
+            need = pending.pop()
+            if need not in seen:
+                seen.add(need)
+                pending.extend(self.needs(need, job))
+        return seen
+
     def graphs(self, stage: str, model: str, target: str) -> list[str | None]:
         """The steps of ``stage`` for one model and target: one per graph, or one (None)."""
         s = STAGES[stage]
@@ -314,17 +325,6 @@ class Pipeline:
         return all(store.channel(model, target, c) == self.version(model) for c in channels)
 
     # -- hand-off ---------------------------------------------------------------------------
-    def behind(self, stage: str, job: Job) -> set[str]:
-        """Every stage ``stage`` needs, directly or through another."""
-        seen: set[str] = set()
-        pending = list(self.needs(stage, job))
-        while pending:
-            need = pending.pop()
-            if need not in seen:
-                seen.add(need)
-                pending.extend(self.needs(need, job))
-        return seen
-
     def handoff_stages(self, job: Job) -> list[str]:
         """The stages behind the bundle that the engine does not feed (traces, references, the ONNX stages): what a
         device without torch takes from a hand-off, derived from the stage graph."""
@@ -359,13 +359,8 @@ class Pipeline:
         """The tool versions in the action keys of the stages behind the bundle (export to validate);
         ``None`` for a runtime package that is not installed here."""
         tools: dict[str, str] = {}
-        pending, seen = list(self.needs("bundle", job)), set()
-        while pending:
-            stage = pending.pop()
-            if stage not in seen:
-                seen.add(stage)
-                tools.update({k: v for k, v in STAGES[stage].tools(job).items() if isinstance(v, str) or v is None})
-                pending.extend(self.needs(stage, job))
+        for stage in self.behind("bundle", job):
+            tools.update({k: v for k, v in STAGES[stage].tools(job).items() if isinstance(v, str) or v is None})
         return dict(sorted(tools.items()))
 
     def provenance(self, job: Job, with_commit: bool) -> dict[str, Any]:

@@ -177,7 +177,11 @@ class Plan:
         self.pipeline.handoff(model, self.target, self._shared())
 
     def _handed_off(self, model: str) -> bool:
-        return self.handoff_dest is not None and self.pipeline.handed_off(model, self.target, self._shared())
+        """Checked without creating dest=DIR (the action does)."""
+        from glueforge.cache import DirectoryCache
+
+        return (self.handoff_dest is not None and self.handoff_dest.is_dir()
+                and self.pipeline.handed_off(model, self.target, DirectoryCache(self.handoff_dest)))
 
     def _handoff_notes(self) -> None:
         from glueforge.handoff import Handoff

@@ -638,13 +638,7 @@ def runner(directory: Path, graph: str, name: str):
     engine's GPU."""
     from glueforge.runners import GraphPolygraphyRunner
 
-    def open_engine() -> EngineGraph:
-        trt = _import_tensorrt()
-        if trt is None:
-            raise EngineUnavailable("validating a TensorRT engine needs TensorRT (JetPack on a Jetson) and cuda-python")
-        return EngineGraph(trt, Path(directory) / f"{graph}.engine")
-
-    return GraphPolygraphyRunner(open_engine, EngineGraph.input_metadata, name=name)
+    return GraphPolygraphyRunner(lambda: open_graph(directory, graph), EngineGraph.input_metadata, name=name)
 
 
 def check_compatibility(manifest: Mapping[str, Any], installed: str | None = None, package: str = NAME) -> None:
