@@ -6,14 +6,21 @@ the whole suite run one step after another kept 1.44 cores busy (50 min of CPU i
 session's builds run in threads (tests/conftest.py), each as soon as what it builds on is built,
 beside each other and beside the tests that build nothing, which run first; a test that needs a
 build waits for its chain and reads its results.
+
+The suite runs in two pytest-xdist workers (README: ``-n 2``), so that the tests after the chains use both cores.
+Each chain runs once per session, in the worker that claims it first (:func:`claim`); it writes its milestones and
+its result to the session's directory (``$GLUEFORGE_TEST_SESSION``, made by the controller), where the other worker
+reads them (:class:`RemoteChain`). Without xdist, one process claims every chain.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,14 +33,30 @@ from typing import Any, Callable
 THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
+SESSION = "GLUEFORGE_TEST_SESSION"  # the session's shared directory: chain claims, milestones, results, the S3 server
+
+
+def session_dir() -> Path:
+    return Path(os.environ[SESSION])
+
+
+def _write(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(value))
+    os.replace(tmp, path)  # a reader sees the whole value or nothing
+
+
 class Chain:
     """``steps(run, mark)`` in a thread, where ``run(project, *args)`` runs doit in ``project`` like tests.project.doit,
     and ``mark(name, value)`` says a milestone is reached: another chain that builds on this one's first steps waits
-    for that milestone (:meth:`milestone`), not for the whole chain."""
+    for that milestone (:meth:`milestone`), not for the whole chain. Milestones and the result are also written to
+    ``directory`` for the other workers' :class:`RemoteChain`."""
 
-    def __init__(self, name: str, steps: Callable[[Callable[..., Any], Callable[[str, Any], None]], Any]) -> None:
+    def __init__(self, name: str, steps: Callable[[Callable[..., Any], Callable[[str, Any], None]], Any],
+                 directory: Path) -> None:
         self.name = name
         self._steps = steps
+        self._directory = directory
         self._marks: dict[str, Any] = {}
         self._marked = threading.Condition()
         self._value: Any = None
@@ -57,6 +80,7 @@ class Chain:
         return parse_doit(proc)
 
     def _mark(self, name: str, value: Any) -> None:
+        _write(self._directory / f"{self.name}.mark.{name}", value)
         with self._marked:
             self._marks[name] = value
             self._marked.notify_all()
@@ -64,8 +88,10 @@ class Chain:
     def _run(self) -> None:
         try:
             self._value = self._steps(self._doit, self._mark)
+            _write(self._directory / f"{self.name}.result", ("value", self._value))
         except BaseException as e:  # noqa: BLE001 - handed to the test that waits for it
             self._error = e
+            _write(self._directory / f"{self.name}.result", ("error", repr(e)))
         finally:
             with self._marked:
                 self._marked.notify_all()
@@ -92,3 +118,59 @@ class Chain:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
         self._thread.join(timeout=30)
+
+
+class RemoteChain:
+    """A chain another worker of this session runs: its milestones and result, read from the session's directory."""
+
+    def __init__(self, name: str, directory: Path, owner: int) -> None:
+        self.name, self._directory, self._owner = name, directory, owner
+
+    def _wait(self, mark: str | None) -> Any:
+        """The value of milestone ``mark`` (written before the result), or with None the chain's result."""
+        result = self._directory / f"{self.name}.result"
+        marked = self._directory / f"{self.name}.mark.{mark}"
+        what = "its end" if mark is None else repr(mark)
+        while True:
+            if mark is not None and marked.is_file():
+                return pickle.loads(marked.read_bytes())
+            if result.is_file():
+                kind, value = pickle.loads(result.read_bytes())
+                if kind == "error":
+                    raise RuntimeError(f"the {self.name} build chain failed (in pid {self._owner}): {value}")
+                if mark is None:
+                    return value
+                raise RuntimeError(f"the {self.name} build chain ended before {what}")
+            if not alive(self._owner):
+                raise RuntimeError(f"the process that ran the {self.name} build chain (pid {self._owner}) ended before {what}")
+            time.sleep(1.0)
+
+    def milestone(self, name: str) -> Any:
+        return self._wait(name)
+
+    def result(self) -> Any:
+        return self._wait(None)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # an exited process that nobody has reaped yet is not alive
+
+
+def claim(name: str, steps: Callable[[], Callable[..., Any]]) -> Chain | RemoteChain:
+    """The session's chain ``name``: run here if no other worker claimed it first (``steps()`` makes its steps), else
+    the other worker's, read from the session's directory."""
+    directory = session_dir()
+    path = directory / f"{name}.claim"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        while not path.read_text():  # the claimant writes its pid right after creating the file
+            time.sleep(0.05)
+        return RemoteChain(name, directory, int(path.read_text()))
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return Chain(name, steps(), directory)

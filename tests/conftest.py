@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.background import Chain
+from tests.background import SESSION, claim, session_dir
 from tests.project import MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE, clone_project
 
 # The build chains (below) run beside the tests: three busy processes on two cores. Their idle worker threads
@@ -72,9 +73,21 @@ def pytest_collection_modifyitems(config, items):
 # (a checkout runs one build at a time: the chains after cpu build in clones of their own, so that they run beside
 # each other, and beside the tests that run doit in clone A). A chain that builds on another's first steps starts
 # at that chain's milestone, not at its end: the longest path, cpu graphs -> rtx -> orin, is what CI waits for.
-CHAINS: dict[str, Chain] = {}
+CHAINS: dict = {}  # name -> this process's Chain, or the RemoteChain another worker runs
+WANTED: set[str] = set()  # the chains this session's tests need (and those started for them)
 NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused", "built_for"}, "openvino": {"openvino_built", "built_for"},
          "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}}
+
+
+def pytest_configure(config):
+    """The controller (or the only process) makes the session's shared directory (tests/background.py); the xdist
+    workers it starts inherit its path."""
+    if not hasattr(config, "workerinput") and SESSION not in os.environ:
+        os.environ[SESSION] = tempfile.mkdtemp(prefix="glueforge-session-")
+        config.stash[OWNER] = True
+
+
+OWNER = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
@@ -84,19 +97,33 @@ def pytest_collection_finish(session):
     wanted = {name for item in session.items for name in item.fixturenames}
     for chain in NEEDS:
         if NEEDS[chain] & wanted:
+            WANTED.add(chain)
             start(chain)
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
+    """A worker waits for the chains it runs that the session's tests need (another worker's tests may still read
+    them), unless the session was interrupted; it ends every other chain it runs. The controller then stops the S3
+    server."""
+    finished = exitstatus not in (pytest.ExitCode.INTERRUPTED,) and not session.shouldstop
+    if finished and hasattr(session.config, "workerinput"):
+        for name, chain in CHAINS.items():
+            if name in WANTED and hasattr(chain, "stop"):
+                try:
+                    chain.result()
+                except RuntimeError:
+                    pass  # reported by the tests that needed it
     for chain in reversed(list(CHAINS.values())):
-        chain.stop()
-    if SERVER:
-        SERVER[0].stop()
+        if hasattr(chain, "stop"):
+            chain.stop()
+    if session.config.stash.get(OWNER, False):
+        stop_s3()
+        shutil.rmtree(session_dir(), ignore_errors=True)
 
 
-def start(name: str) -> Chain:
+def start(name: str):
     if name not in CHAINS:
-        CHAINS[name] = Chain(name, CHAIN_STEPS[name](Path(tempfile.mkdtemp(prefix=f"glueforge-{name}-"))))
+        CHAINS[name] = claim(name, lambda: CHAIN_STEPS[name](Path(tempfile.mkdtemp(prefix=f"glueforge-{name}-"))))
     return CHAINS[name]
 
 
@@ -186,7 +213,7 @@ def orin_chain(root: Path):
 def seeded_chain(root: Path):
     """The seeded project's builds (tests/test_seeded_models.py): cpu, openvino and rtx bundles of the four models
     whose real weights are unreachable here, on seeded weights (tests/seeded.py), then orin_nano's ONNX stages."""
-    from tests.seeded import write_overlay, write_weights
+    from tests.seeded import Seeded, write_overlay, write_weights
 
     def steps(doit_in, mark):
         project = clone_project(root / "project")
@@ -201,13 +228,6 @@ def seeded_chain(root: Path):
 
 
 CHAIN_STEPS = {"cpu": cpu_chain, "openvino": openvino_chain, "rtx": rtx_chain, "orin": orin_chain, "seeded": seeded_chain}
-
-
-@dataclass(frozen=True)
-class Seeded:
-    project: Path
-    overlay: Path
-    builds: dict  # target -> (process, executed, up to date), as tests.project.doit returns
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +263,7 @@ def fused(built) -> Path:
 
 
 @pytest.fixture(scope="session")
-def seeded() -> Seeded:
+def seeded():
     """The seeded project after its build chain."""
     return start("seeded").result()
 
@@ -271,7 +291,19 @@ class SeaweedS3:
         self.access_key = "GFTEST" + secrets.token_hex(6).upper()
         self.secret_key = "gf-secret-" + secrets.token_hex(16)
         self.process = None
+        self.pid: int | None = None
         self.log = directory / "weed.log"
+
+    def describe(self) -> dict:
+        return {"directory": str(self.directory), "access_key": self.access_key, "secret_key": self.secret_key,
+                "pid": self.pid}
+
+    @classmethod
+    def attach(cls, described: dict) -> "SeaweedS3":
+        """The server another process of the session started (:meth:`describe`)."""
+        server = cls(Path(described["directory"]))
+        server.access_key, server.secret_key, server.pid = described["access_key"], described["secret_key"], described["pid"]
+        return server
 
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
@@ -292,6 +324,7 @@ class SeaweedS3:
             [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"],
             env={**os.environ, **self.env()}, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
         )
+        self.pid = self.process.pid
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -308,17 +341,34 @@ class SeaweedS3:
         pytest.fail(f"weed mini did not serve S3 within 60 s: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
+        """Terminate the server (it ignores SIGTERM for a while: wait, then kill), started here or by another process
+        of the session (then only its pid is known here)."""
+        import signal
         import subprocess
+        import time
 
-        if self.process is None:
-            return
-        self.process.terminate()  # it ignores SIGTERM for a while: wait, then kill
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
+        from tests.background import alive
+
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            self.process = None
+        elif self.pid is not None and alive(self.pid):
+            for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+                try:
+                    os.kill(self.pid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + wait
+                while alive(self.pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if not alive(self.pid):
+                    break
+        self.pid = None
 
     def client(self):
         import boto3
@@ -330,20 +380,40 @@ class SeaweedS3:
         return f"s3://{self.bucket}/{prefix}"
 
 
-SERVER: list[SeaweedS3] = []  # the session's one S3 server, started by whichever needs it first
+SERVER: list[SeaweedS3] = []  # this process's handle on the session's one S3 server
 _SERVER_LOCK = threading.Lock()
 
 
 def s3() -> SeaweedS3:
-    """The session's S3 server (started on first use, from a test or a build chain, and stopped at the session's end);
-    its credentials are in this process's environment, and so in every build's."""
+    """The session's S3 server, started on first use by whichever process of the session (an xdist worker, for a test
+    or a build chain) needs it first; the others read its address and credentials from the session's directory. Its
+    credentials are in this process's environment, and so in every build's. The controller stops it at the end."""
+    import fcntl
+
     with _SERVER_LOCK:
         if not SERVER:
-            server = SeaweedS3(Path(tempfile.mkdtemp(prefix="glueforge-seaweedfs-")))
-            server.start()
+            directory = session_dir()
+            with open(directory / "s3.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                info = directory / "s3.json"
+                if info.is_file():
+                    server = SeaweedS3.attach(json.loads(info.read_text()))
+                else:
+                    server = SeaweedS3(Path(tempfile.mkdtemp(prefix="glueforge-seaweedfs-")))
+                    server.start()
+                    info.write_text(json.dumps(server.describe()))
             os.environ.update(server.env())
             SERVER.append(server)
         return SERVER[0]
+
+
+def stop_s3() -> None:
+    """At the session's end, in the controller: stop the server, whichever process started it."""
+    info = session_dir() / "s3.json"
+    if SERVER:
+        SERVER[0].stop()
+    elif info.is_file():
+        SeaweedS3.attach(json.loads(info.read_text())).stop()
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,62 @@ def reference_models(project: Path, model: str, download_cache: Path):
     return Models(config.export_settings(model, "cpu"), weights)
 
 
-_REFERENCES: dict = {}  # the upstream reference's outputs per model and export settings, shared by the targets
+class SharedReferences:
+    """The upstream reference's features and matches per pair (``bundle_parity``'s cache) for one model and export
+    settings, shared by the targets' parity tests in every worker of the session: a pickle per pair in the session's
+    directory (tests/background.py), or in memory outside a test session."""
+
+    def __init__(self, key: str) -> None:
+        import hashlib
+
+        from tests.background import SESSION
+
+        self._memory: dict = {}
+        self.directory = None
+        if SESSION in os.environ:
+            self.directory = Path(os.environ[SESSION]) / "parity" / hashlib.sha256(key.encode()).hexdigest()[:16]
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        import hashlib
+
+        return self.directory / hashlib.sha256(name.encode()).hexdigest()[:16]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._memory or (self.directory is not None and self._path(name).is_file())
+
+    def __getitem__(self, name: str):
+        import pickle
+
+        if name not in self._memory:
+            self._memory[name] = pickle.loads(self._path(name).read_bytes())
+        return self._memory[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        import pickle
+
+        self._memory[name] = value
+        if self.directory is not None:
+            tmp = self._path(name).with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(pickle.dumps(value))
+            os.replace(tmp, self._path(name))
+
+    def lock(self):
+        """Held while one worker computes the references, so that another waits for them instead of computing them
+        again."""
+        import contextlib
+        import fcntl
+
+        if self.directory is None:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def held():
+            with open(self.directory / ".lock", "w") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                yield
+
+        return held()
 
 
 def assert_parity(project: Path, model: str, target: str, download_cache: Path, thresholds: dict[str, float]) -> str:
@@ -106,9 +161,10 @@ def assert_parity(project: Path, model: str, target: str, download_cache: Path, 
         pytest.fail(f"{SHARED_DATA} is missing: the parity photographs live there (set GLUEFORGE_SHARED_DATA)")
     bundle = project / "artifacts/store" / model / VERSIONS[model] / target
     models = reference_models(project, model, download_cache)
-    key = (model, json.dumps(payload(models.spec), sort_keys=True))  # the reference is the target's K's
+    references = SharedReferences(model + json.dumps(payload(models.spec), sort_keys=True))  # the reference is the target's K's
     # the four wide-baseline pairs and the first pair of each sequence (consecutive frames differ little; CI time)
-    rows = bundle_parity(bundle, models, SHARED_DATA, _REFERENCES.setdefault(key, {}), sequence_pairs=1)
+    with references.lock():
+        rows = bundle_parity(bundle, models, SHARED_DATA, references, sequence_pairs=1)
     text = table(model, rows)
     report_dir = Path(os.environ.get("GLUEFORGE_PARITY_REPORT_DIR", project / "artifacts"))
     (report_dir / f"parity-{target}-{model}.txt").write_text(text + "\n")

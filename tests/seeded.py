@@ -10,6 +10,7 @@ cannot prove: accuracy on real images; the README says which models were validat
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -88,3 +89,11 @@ def write_overlay(path: Path, files: dict[str, Path], models: tuple[str, ...] = 
     path.write_text(yaml.safe_dump({"weights": weights, **({"models": small, "targets": targets} if small else {})},
                                    sort_keys=False))
     return path
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """The seeded project after its build chain (tests/conftest.py)."""
+    project: Path
+    overlay: Path
+    builds: dict  # target -> (process, executed, up to date), as tests.project.doit returns

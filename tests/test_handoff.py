@@ -28,6 +28,7 @@ MODEL = "xfeat_lighterglue"
 TARGET = "orin_nano"
 STAND_IN = Path(__file__).resolve().parent / "stand_in"
 README_MODEL = "aliked_lightglue"  # the model the README's commands name
+pytestmark = pytest.mark.xdist_group("handoff")  # one worker makes the hand-off (module fixture) for both tests
 
 
 def section_block(kind: str) -> list[str]:

@@ -136,23 +136,32 @@ def test_interrupted_pull_then_rerun_installs_a_complete_bundle(store, tmp_path,
         assert (path / name).read_bytes() == data
 
 
-def test_stopped_server_gives_a_clear_error_and_nothing_half_published(s3_server, tmp_path):
-    store = S3Store(s3_server.url("t/stopped"), s3_server.endpoint)
+def _closed_endpoint() -> str:
+    """An endpoint on this machine where nothing listens (a port just bound and released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_unreachable_server_gives_a_clear_error_and_loses_nothing(s3_server, tmp_path):
+    """A server that is down (an endpoint where nothing listens: the session's server is shared by the tests and the
+    build chains beside them, so it is not stopped here): publish raises one clear error and leaves the staged bundle
+    as it was; the CLI's pull exits 2 with one line and no traceback, and writes nothing."""
+    endpoint = _closed_endpoint()
+    store = S3Store(s3_server.url("t/stopped"), endpoint)
     staged = make_bundle(tmp_path / "staged", "1.0.0", files("a"))
-    s3_server.stop()
-    try:
-        with pytest.raises(StoreUnavailable, match="cannot connect to the endpoint"):
-            store.publish(staged)
-        proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "pull", MODEL, "--target", TARGET, "--dest",
-                               str(tmp_path / "cache"), "--store", s3_server.url("t/stopped"), "--endpoint-url", s3_server.endpoint],
-                              capture_output=True, text=True, env={**os.environ, "GLUEFORGE_S3_ATTEMPTS": "2"})
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert "cannot connect to the endpoint" in proc.stderr
-    finally:
-        s3_server.start()
-    assert store.versions(MODEL, TARGET) == []
-    with pytest.raises(PullError, match="no bundle"):
-        pull(store, MODEL, TARGET, tmp_path / "cache")
+    before = {p.name: p.read_bytes() for p in staged.iterdir()}
+    with pytest.raises(StoreUnavailable, match="cannot connect to the endpoint"):
+        store.publish(staged)
+    assert {p.name: p.read_bytes() for p in staged.iterdir()} == before
+    proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "pull", MODEL, "--target", TARGET, "--dest",
+                           str(tmp_path / "cache"), "--store", s3_server.url("t/stopped"), "--endpoint-url", endpoint],
+                          capture_output=True, text=True, env={**os.environ, "GLUEFORGE_S3_ATTEMPTS": "2"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot connect to the endpoint" in proc.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.onnx"))
 
 
 def test_no_credential_in_logs_manifests_or_errors(s3_server, tmp_path, caplog):
