@@ -382,6 +382,12 @@ class Bundle:
         profile = self._profile(graph, "images" if graph != "matcher" else "keypoints")
         return int(profile[1][0]) if profile else None
 
+    def matmul_rate(self) -> dict[str, Any] | None:
+        """The fp32 matrix-multiply rate of the processor the engines run on, measured now by the runtime with the
+        engines' settings (``glueforge.floor``); None where the runtime measures none."""
+        measure = getattr(self._runtime, "matmul_rate", None)
+        return measure(self.directory) if measure is not None else None
+
     def runtime_versions(self) -> dict[str, Any]:
         """The installed versions of this bundle's runtime, and what it was built with."""
         return {"installed": self._runtime.versions(), "built_with": {k: v for k, v in self.manifest["runtime"].items()

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from glueforge import GlueforgeError, machine
+from glueforge import GlueforgeError, floor, machine
 from glueforge.api import Bundle, Features, load_image, preprocess
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class Row:
     peak_rss_mib: float | None
     device_mib: float | None
     stopped: str
+    gflop: float | None = None  # the call's arithmetic (glueforge.floor), where counted at this size
+    x_floor: float | None = None  # p50 over the time of gflop at the runtime's matrix-multiply rate, measured in the run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,9 +173,36 @@ def feed(bundle: Bundle, graph: str, batch: int, images: Sequence[np.ndarray]) -
     raise BenchError(f"unknown graph {graph!r}")
 
 
+def floor_rate(bundle: Bundle) -> dict[str, Any] | None:
+    """The matrix-multiply rate of the processor the bundle's engines run on, measured now by its runtime with the
+    engines' settings (``glueforge.floor``); None where its runtime measures none (engines on a GPU)."""
+    rate = bundle.matmul_rate()
+    if rate is not None:
+        log.info("floor: %.1f GFLOP/s (%s)", rate["gflops"], rate["measured_with"])
+    return rate
+
+
+def with_floor(row: Row, spec: dict[str, Any], rate: dict[str, Any] | None) -> Row:
+    """``row`` with its GFLOP and x floor where the graph's FLOPs were counted at the row's size (and K)."""
+    flops = spec.get("flops")
+    if not flops:
+        return row
+    h, w = flops["image_size"]
+    counted_at = f"K={flops['keypoints']}" if row.size.startswith("K=") else f"{w}x{h}"
+    if row.size != counted_at:
+        return row
+    total = floor.graph_flops(spec, row.batch)
+    row.gflop = round(total / 1e9, 2)
+    if rate is not None:
+        row.x_floor = round(floor.times_floor(row.p50_ms, total, rate["gflops"]), 2)
+    return row
+
+
 def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence[int] = (1,),
-          budget: Budget = Budget(), images: Sequence[np.ndarray] | None = None) -> list[Row]:
-    """One row per graph and batch (pairs for ``end2end`` and ``matcher``, images for ``extractor``)."""
+          budget: Budget = Budget(), images: Sequence[np.ndarray] | None = None,
+          rate: dict[str, Any] | None = None) -> list[Row]:
+    """One row per graph and batch (pairs for ``end2end`` and ``matcher``, images for ``extractor``); with ``rate``
+    (:func:`floor_rate`), each row's x floor."""
     images = list(images) if images is not None else sample_images(bundle)
     chosen = list(graphs) if graphs else bundle.graphs
     unknown = [g for g in chosen if g not in bundle.graphs]
@@ -193,7 +222,8 @@ def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence
             size = (f"{inputs['images'].shape[3]}x{inputs['images'].shape[2]}" if "images" in inputs
                     else f"K={inputs['keypoints'].shape[1]}")
             log.info("bench %s, batch %d %s at %s", graph, batch, unit, size)
-            rows.append(_measure(graph, batch, unit, size, batch, lambda: runner.infer(inputs), budget, runner.device_memory))
+            row = _measure(graph, batch, unit, size, batch, lambda: runner.infer(inputs), budget, runner.device_memory)
+            rows.append(with_floor(row, bundle.manifest["graphs"][graph], rate))
     return rows
 
 
@@ -237,20 +267,22 @@ def sequence(bundle: Bundle, frames: Sequence[Path], budget: Budget = Budget()) 
 
 def table(rows: Sequence[Row]) -> str:
     """The rows as a fixed-width table."""
-    header = ("graph", "batch", "unit", "image WxH", "runs", "p50 ms", "p90 ms", "p99 ms", "per s", "peak RSS MiB",
-              "device MiB", "stopped")
+    header = ("graph", "batch", "unit", "image WxH", "runs", "p50 ms", "p90 ms", "p99 ms", "per s", "GFLOP", "x floor",
+              "peak RSS MiB", "device MiB", "stopped")
     body = [(r.graph, str(r.batch), r.unit, r.size, str(r.runs), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
-             f"{r.per_second:.2f}", "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}",
+             f"{r.per_second:.2f}", "-" if r.gflop is None else f"{r.gflop:.2f}", "-" if r.x_floor is None else f"{r.x_floor:.1f}",
+             "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}",
              "-" if r.device_mib is None else f"{r.device_mib:.1f}", r.stopped) for r in rows]
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-    fmt = lambda line: "  ".join(c.ljust(w) if i in (0, 2, 3, 11) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    fmt = lambda line: "  ".join(c.ljust(w) if i in (0, 2, 3, 13) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
     return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])
 
 
-def report(bundle: Bundle, rows: Sequence[Row], budget: Budget, sequence_dir: Path | None = None) -> dict[str, Any]:
-    """The JSON record of a bench run: machine, runtime versions, settings and rows."""
+def report(bundle: Bundle, rows: Sequence[Row], budget: Budget, sequence_dir: Path | None = None,
+           rate: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON record of a bench run: machine, runtime versions, settings, the floor's rate and rows."""
     m = bundle.manifest
     return {"model": m.get("model"), "version": m.get("version"), "target": m.get("target"),
             "status": "measured", "machine": machine.describe(), "runtime": m["runtime"].get("runtime"),
             "runtime_versions": bundle.runtime_versions(), "settings": asdict(budget),
-            "sequence": str(sequence_dir) if sequence_dir else None, "rows": [r.as_dict() for r in rows]}
+            "floor": rate, "sequence": str(sequence_dir) if sequence_dir else None, "rows": [r.as_dict() for r in rows]}

@@ -331,7 +331,7 @@ def _bench(args: argparse.Namespace) -> int:
     import json
 
     import glueforge
-    from glueforge.bench import Budget, bench, report, sequence, table
+    from glueforge.bench import Budget, bench, floor_rate, report, sequence, table
 
     budget = Budget(warmup=args.warmup, runs=args.runs, seconds=args.seconds)
     batches = args.batch
@@ -339,16 +339,20 @@ def _bench(args: argparse.Namespace) -> int:
     records = []
     for path in args.bundles:
         with glueforge.open(path, trust_files(args.trust), args.max_size) as bundle:
-            rows = bench(bundle, graphs, batches, budget)
+            rate = floor_rate(bundle)
+            rows = bench(bundle, graphs, batches, budget, rate=rate)
             if args.sequence:
                 frames = sorted(p for p in args.sequence.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
                 rows += sequence(bundle, frames, budget)
-            records.append(report(bundle, rows, budget, args.sequence))
+            records.append(report(bundle, rows, budget, args.sequence, rate))
             if not args.json:
                 m = bundle.manifest
                 print(f"{m['model']} {m['version']} on {m['target']} ({records[-1]['machine']['processor']}, "
                       f"{records[-1]['machine']['cores']} logical CPUs)")
                 print(table(rows))
+                if rate is not None:
+                    print(f"x floor: p50 over the graph's FLOPs at {rate['gflops']:.1f} GFLOP/s, the rate of an "
+                          f"{rate['matmul']} product measured now ({rate['measured_with']})")
     text = json.dumps(records[0] if len(records) == 1 else records, indent=1)
     if args.json:
         print(text)

@@ -157,17 +157,22 @@ def _latency_section(benchmarks: Mapping[str, Any] | None, title: str) -> str:
     rows = benchmarks["rows"]
     machine = benchmarks.get("machine") or {}
     table = _table(("graph", "batch", "unit", "image WxH", "runs", "p50 ms per call", "p90 ms", "p99 ms",
-                    "units per second", "peak RSS MiB", "device MiB", "stopped"),
+                    "units per second", "GFLOP", "× floor", "peak RSS MiB", "device MiB", "stopped"),
                    [(_e(r["graph"]), r["batch"], _e(r["unit"]), _e(r.get("size", "-")), r["runs"], f"{r['p50_ms']:.1f}",
                      f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['per_second']:.2f}",
+                     "-" if r.get("gflop") is None else f"{r['gflop']:.2f}",
+                     "-" if r.get("x_floor") is None else f"{r['x_floor']:.1f}",
                      "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}",
                      "-" if r["device_mib"] is None else f"{r['device_mib']:.1f}", _e(r["stopped"])) for r in rows],
-                   numeric=(1, 4, 5, 6, 7, 8, 9, 10))
+                   numeric=(1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
+    rate = benchmarks.get("floor")
+    floor_note = (f"<p>&times; floor: p50 over the time of the graph's FLOPs at {rate['gflops']:.1f} GFLOP/s, the rate of "
+                  f"{_e(rate['matmul'])} measured in the same run ({_e(rate['measured_with'])}).</p>" if rate else "")
     plot = latency_plot(rows, title)
     where = (f"<p>{_e(machine.get('processor'))}, {machine.get('cores')} logical CPUs"
              + (f", GPU {_e(machine['gpu'])}" if machine.get("gpu") else "") + "; settings "
              + _e(json.dumps(benchmarks.get("settings"))) + "</p>")
-    return "<h2>Latency</h2>" + where + table + (_png(plot) if plot is not None else
+    return "<h2>Latency</h2>" + where + table + floor_note + (_png(plot) if plot is not None else
                                                  "<p class='muted'>(no plot: matplotlib is not installed)</p>")
 
 

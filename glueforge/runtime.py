@@ -25,6 +25,9 @@ through ``glueforge.registry.runtime(target.runtime)`` and never names it:
   only through it;
 - ``open_graph(directory, graph, manifest) -> GraphRunner``: the engine itself, for the runtime
   API (``glueforge.api``) and ``glueforge bench``, with no polygraphy and no torch;
+- ``matmul_rate(directory) -> dict | None`` (optional): the fp32 matrix-multiply rate of the
+  processor the engines run on, measured now with the engines' settings (``glueforge.floor``:
+  bench's "x floor"); None, or absent, where it is not measured;
 - ``runs_here(target) -> str | None``: why this machine cannot run the target's engines (the
   benchmark stage then records the device command instead of figures), or None;
 - ``measured_with``: what validation of its engines actually runs, for the manifest;

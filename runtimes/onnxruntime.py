@@ -127,6 +127,26 @@ class OrtGraph:
         self.session = None
 
 
+def matmul_rate(directory: Path) -> dict[str, Any] | None:
+    """The fp32 matrix-multiply rate of the processor the sessions run on (``glueforge.floor``), in a session with
+    the recorded settings; None where a provider other than the CPU's is recorded."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from glueforge import floor
+
+    settings = _recorded_session(directory)
+    if list(settings.providers) != ["CPUExecutionProvider"]:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        product = session(floor.write_matmul(Path(tmp)), settings)
+    inputs = floor.matmul_inputs()
+    threads = product.get_session_options().intra_op_num_threads or "default"
+    return floor.measure(lambda: product.run(None, inputs), f"onnxruntime {ort.__version__} MatMul, CPU provider, "
+                                                           f"{threads} threads")
+
+
 def _recorded_session(directory: Path) -> OrtSession:
     recorded = json.loads((Path(directory) / SESSION).read_text())
     return OrtSession(**{k: v for k, v in recorded.items() if k in OrtSession.model_fields})

@@ -147,18 +147,43 @@ def compiled(directory: Path, graph: str):
     and the graph's output names in the order of the compiled model's outputs."""
     import openvino as ov
 
+    recorded = json.loads((Path(directory) / PROPERTIES).read_text())
+    model = ov.Core().compile_model(str(Path(directory) / f"{graph}.xml"), recorded["device"], _properties(recorded))
+    wanted = recorded["outputs"][graph]
+    names = [next((n for n in wanted if n in port.get_names()), port.get_any_name()) for port in model.outputs]
+    return model, names
+
+
+def _properties(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded compile properties, with this process's thread limit where the target left threads open."""
     from glueforge.machine import thread_limit
 
-    recorded = json.loads((Path(directory) / PROPERTIES).read_text())
     properties = dict(recorded["properties"])
     if "INFERENCE_NUM_THREADS" not in properties and thread_limit():
         # a limit says the cores are shared: unpinned, or every process's threads land on the same cores (measured:
         # three processes with one thread each took 23 s for what one pinned process does in 3.7 s)
         properties.update(INFERENCE_NUM_THREADS=thread_limit(), ENABLE_CPU_PINNING=False)
-    model = ov.Core().compile_model(str(Path(directory) / f"{graph}.xml"), recorded["device"], properties)
-    wanted = recorded["outputs"][graph]
-    names = [next((n for n in wanted if n in port.get_names()), port.get_any_name()) for port in model.outputs]
-    return model, names
+    return properties
+
+
+def matmul_rate(directory: Path) -> dict[str, Any] | None:
+    """The fp32 matrix-multiply rate of the device the engines run on (``glueforge.floor``), compiled with the
+    engines' recorded properties; None off the CPU."""
+    import tempfile
+
+    import openvino as ov
+
+    from glueforge import floor
+
+    recorded = json.loads((Path(directory) / PROPERTIES).read_text())
+    if recorded["device"] != "CPU":
+        return None
+    properties = _properties(recorded)
+    with tempfile.TemporaryDirectory() as tmp:
+        request = ov.Core().compile_model(str(floor.write_matmul(Path(tmp))), "CPU", properties).create_infer_request()
+    inputs = floor.matmul_inputs()
+    threads = properties.get("INFERENCE_NUM_THREADS") or "default"
+    return floor.measure(lambda: request.infer(inputs), f"OpenVINO {ov.get_version()} MatMul on the CPU, {threads} threads")
 
 
 def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildContext) -> dict[str, Any]:

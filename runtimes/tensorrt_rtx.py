@@ -118,10 +118,13 @@ def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildC
 
 
 def runner(directory: Path, graph: str, name: str):
-    """The FP16 ONNX the engine was compiled from, with onnxruntime on the CPU (no RTX GPU here)."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    """The FP16 ONNX the engine was compiled from, with onnxruntime on the CPU (no RTX GPU here), in a session made as
+    the cpu target's are (``glueforge.runtimes.onnxruntime.session``: this process's thread limit, passive waiting)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    return OnnxrtRunner(SessionFromOnnx(str(Path(directory) / f"{graph}.onnx"), providers=["cpu"]), name=name)
+    from glueforge.runtimes.onnxruntime import OrtSession, session
+
+    return OnnxrtRunner(lambda: session(Path(directory) / f"{graph}.onnx", OrtSession()), name=name)
 
 
 def check_compatibility(manifest: Mapping[str, Any]) -> None:

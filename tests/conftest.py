@@ -20,6 +20,12 @@ from tests.project import MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SEL
 # threads: kornia's ALIKED 9.5 s passive against 16 s spinning (3.9 s against 3.8 s alone); an onnxruntime session
 # 24 s against 30 s (6.6 s against 6.5 s alone). A policy the caller set is left alone.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread per process: the two xdist workers, the build chains and the processes they start keep both cores busy
+# between them (measured: the suite's CPU was 98 % of two cores' time in CI18), so threads within a process only add
+# synchronisation. torch, onnxruntime and OpenVINO read it (glueforge.machine.thread_limit); a limit the caller set
+# is kept. Measured here on the FP16 ALIKED extractor beside two busy processes: 4.3 CPU-s for four runs on one
+# passive thread, 5.1 on onnxruntime's default two spinning threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # every build the tests run times its bundles with few runs (tests/ci.yaml); set before any test starts a build
 os.environ.setdefault("GLUEFORGE_CONFIG", str(REPO / "tests" / "ci.yaml"))

@@ -63,6 +63,20 @@ def clone_project(dest: Path, artifacts_from: Path | None = None) -> Path:
     return dest
 
 
+def ort_session(model):
+    """An onnxruntime CPU session of ``model`` (a path or serialized bytes) made as the cpu target's are: this
+    process's thread limit (one thread in the test session: tests/conftest.py) and no spinning threads."""
+    import onnxruntime as ort
+
+    from glueforge.machine import passive_wait, thread_limit
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = thread_limit() or 0
+    if passive_wait():
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def doit(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
     """Run doit in ``project``; return the process, the executed tasks and the up-to-date tasks."""
     pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(project)) if p)

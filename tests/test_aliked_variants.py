@@ -27,7 +27,7 @@ from glueforge.runtimes import onnxruntime as onnxruntime_target
 from glueforge.validation.images import load_padded
 from glueforge.validation.metrics import pair_metrics
 
-from tests.project import REPO, SHARED_DATA, VERSIONS
+from tests.project import REPO, SHARED_DATA, VERSIONS, ort_session
 
 log = logging.getLogger(__name__)
 VARIANTS = ("aliked_t16", "aliked_n16rot", "aliked_n32")
@@ -51,7 +51,6 @@ def sequences() -> dict[str, list[np.ndarray]]:
 @pytest.mark.parametrize("keypoints", [1000, 2000])
 @pytest.mark.parametrize("model", VARIANTS)
 def test_exported_variant_matches_kornia_at_tum_and_kitti_sizes(model, keypoints, sequences, built, download_cache, tmp_path):
-    import onnxruntime as ort
 
     config = Config.load(REPO / "models.yaml")
     spec = config.model(model)
@@ -75,7 +74,7 @@ def test_exported_variant_matches_kornia_at_tum_and_kitti_sizes(model, keypoints
                                             for t in ins + outs})
         prepared, _ = onnxruntime_target.prepare(onnx.load(str(traced)), "extractor", config.target("cpu"))
         onnx.save(prepared, str(onnx_path))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort_session(str(onnx_path))
     worst: dict[str, dict[str, float]] = {}
     for sequence, images in sequences.items():
         for image in images:

@@ -104,7 +104,8 @@ def _jobs(stages, models=MODELS, targets=TARGETS, graphs=None) -> set[str]:
     ("exporters/lightglue.py", _jobs(["export"], MATCHED, graphs=("end2end", "matcher")) | _jobs(["reference"], MATCHED)),
     ("patches/xfeat_tensor_forward.py", _jobs(["export", "reference"], ["xfeat_lighterglue"])),
     # a runtime: the stages of its targets that run it
-    ("runtimes/onnxruntime.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["cpu"])),
+    # (TensorRT-RTX's validation here runs its FP16 ONNX in sessions made as the cpu target's are)
+    ("runtimes/onnxruntime.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["cpu", "rtx"])),
     ("runtimes/openvino.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["openvino"])),
     # the TensorRT-RTX runtime builds on the TensorRT module's helpers
     ("runtimes/tensorrt.py", _jobs(["fuse", "engine", "validate", "benchmark"], targets=["rtx"])),

@@ -42,6 +42,12 @@ def test_bench_prints_a_row_per_graph_and_batch(built_for, target, tmp_path):
         assert r["unit"] == ("images" if graph == "extractor" else "pairs") and r["device_mib"] is None
         assert r["size"] == ("K=1024" if graph == "matcher" else "640x480")  # the sample pair, as the engine takes it
         assert r["per_second"] == pytest.approx(batch * 1000 / r["p50_ms"], rel=1e-3)
+        # the floor: the graph's FLOPs (counted at export, at this size) over the matrix-multiply rate of this run
+        assert r["gflop"] > 0 and r["x_floor"] > 1, r
+        assert r["x_floor"] == pytest.approx(r["p50_ms"] / (r["gflop"] / record["floor"]["gflops"] * 1000), rel=0.02)
+    assert rows[("extractor", 2)]["gflop"] == pytest.approx(2 * rows[("extractor", 1)]["gflop"], rel=0.01)
+    assert record["floor"]["gflops"] > 1 and record["floor"]["matmul"] == "fp32 1024x1024 @ 1024x1024"
+    assert "x floor" in lines[1] and any(line.startswith("x floor: p50 over the graph's FLOPs at ") for line in lines)
     assert record["machine"]["cores"] >= 1 and record["runtime"] == ("onnxruntime" if target == "cpu" else "openvino")
 
 
@@ -74,6 +80,11 @@ def test_manifests_hold_the_build_machines_benchmark(built_for, target):
         assert bench["status"] == "measured" and bench["machine"]["processor"], model
         assert {r["graph"] for r in bench["rows"]} == set(manifest["graphs"]), model
         assert all(r["p50_ms"] > 0 for r in bench["rows"])
+        assert bench["floor"]["gflops"] > 1 and all(r["x_floor"] > 1 for r in bench["rows"]), model
+        for graph, spec in manifest["graphs"].items():  # counted at export, per image or pair, at the trace size
+            flops = spec["flops"]
+            assert flops["count"] > 1e8 and flops["per"] == ("image" if graph == "extractor" else "pair"), (model, graph)
+            assert flops["image_size"] == [480, 640] and flops["keypoints"] == manifest["keypoints"]
         assert bench["command"].startswith("glueforge bench <bundle directory>")
 
 

@@ -23,14 +23,13 @@ from glueforge.pipeline import Pipeline
 from glueforge.validation.images import load, load_padded
 from glueforge.validation.metrics import mutual_nearest
 
-from tests.project import REPO, SHARED_DATA
+from tests.project import REPO, SHARED_DATA, ort_session
 
 log = logging.getLogger(__name__)
 
 
 @pytest.mark.parametrize("model", ["aliked_lightglue", "disk_lightglue", "xfeat_lighterglue"])
 def test_extractor_graph_runs_at_every_size(model, built, download_cache):
-    import onnxruntime as ort
 
     config = Config.load(REPO / "models.yaml")
     spec = config.model(model)
@@ -49,7 +48,7 @@ def test_extractor_graph_runs_at_every_size(model, built, download_cache):
     # the extractor graph exactly as the cpu build traced it (its export step, before simplification)
     exported = Pipeline.load(built).cached("export", model, "cpu", "extractor")
     assert exported is not None, f"the cpu build has no export step of {model}'s extractor"
-    session = ort.InferenceSession(str(exported.file("extractor.onnx")), providers=["CPUExecutionProvider"])
+    session = ort_session(str(exported.file("extractor.onnx")))
     for name, image in images.items():
         assert image.shape[1] % x.divisor == 0 and image.shape[2] % x.divisor == 0
         keypoints, scores, descriptors = session.run(None, {"images": image[None]})

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from glueforge.fp16 import fp32_islands, keypoint_chain, to_fp16
 from glueforge.patches.aliked_upsample_grid import upsample_grid
+from tests.project import ort_session
 
 
 class _Upsample(torch.nn.Module):
@@ -46,7 +46,7 @@ def test_shape_grid_stays_fp32_without_round_trips(tmp_path):
                         and {a.i for a in node.attribute} == {onnx.TensorProto.FLOAT}), (first.name, node.name)
 
     x = np.random.default_rng(0).random((1, 2, 240, 320), dtype=np.float32)
-    fp32_out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    fp16_out = ort.InferenceSession(fp16.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    fp32_out = ort_session(model.SerializeToString()).run(None, {"x": x})[0]
+    fp16_out = ort_session(fp16.SerializeToString()).run(None, {"x": x})[0]
     # the values are rounded to FP16 once (<= 2^-11 relative); a grid rounded to FP16 would miss by far more
     assert np.abs(fp16_out - fp32_out).max() < 1e-3

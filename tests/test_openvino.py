@@ -18,7 +18,7 @@ from glueforge.files import sha256_file
 from glueforge.runtime import EngineBuildError, Incompatible
 from glueforge.runtimes import openvino
 
-from tests.project import MATCHED, MODELS, VERSIONS, assert_parity
+from tests.project import MATCHED, MODELS, VERSIONS, assert_parity, ort_session
 
 log = logging.getLogger(__name__)
 PARITY = {"keypoint_mnn": 0.98, "descriptor_cosine_min": 0.999, "match_recall": 0.95}  # as for cpu
@@ -104,7 +104,6 @@ def test_instance_norm_written_out_equals_onnxruntime(opset, rank, tmp_path):
     fused with its neighbours); what the rewrite buys is proved by DISK's openvino parity above.
     """
     import onnx
-    import onnxruntime as ort
     import openvino as ov
     from onnx import TensorProto, helper, numpy_helper
 
@@ -119,7 +118,7 @@ def test_instance_norm_written_out_equals_onnxruntime(opset, rank, tmp_path):
          numpy_helper.from_array(rng.normal(size=channels).astype(np.float32), "bias")]),
         opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
     x = (rng.normal(size=(3, channels, 24, 32)[:rank]) * 0.05 + 2.0).astype(np.float32)  # small variance, large mean
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    run = lambda m: ort_session(m.SerializeToString()).run(None, {"x": x})[0]  # noqa: E731
     before = run(model)
     prepared, meta = openvino.prepare(model, "g", None)
     assert meta == {"instance_norms_written_out": 1, "grid_samples_as_resize": 0}

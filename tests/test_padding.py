@@ -36,7 +36,7 @@ from glueforge.exporters import lightglue
 from glueforge.config import Config
 from glueforge.fetch import fetch
 
-from tests.project import REPO, SHARED_DATA
+from tests.project import REPO, SHARED_DATA, ort_session
 
 log = logging.getLogger(__name__)
 K = 320
@@ -255,7 +255,6 @@ def test_padding_survives_onnx_export_and_attention_fusion(checkpoint, tmp_path)
     """The exported matcher (traced at other image sizes), without and with the attention fusion, gives
     kornia's matches; its FP16 conversion never matches padding."""
     import onnx
-    import onnxruntime as ort
 
     from glueforge.attention import fuse_attention
     from glueforge.fp16 import to_fp16
@@ -279,7 +278,7 @@ def test_padding_survives_onnx_export_and_attention_fusion(checkpoint, tmp_path)
     references = [reference(f0, f1) for f0, f1 in pairs]
     results = {}
     for variant in ("onnx", "fused.onnx"):
-        session = ort.InferenceSession(str(tmp_path / f"{name}.{variant}"), providers=["CPUExecutionProvider"])
+        session = ort_session(str(tmp_path / f"{name}.{variant}"))
         results[variant] = session.run(None, feeds)
         log.info("%s, onnxruntime on %s.%s:", name, name, variant)
         _check(tuple(results[variant]), slots, pairs, references)
@@ -288,8 +287,7 @@ def test_padding_survives_onnx_export_and_attention_fusion(checkpoint, tmp_path)
     # FP16 (glueforge.fp16: float16 with the FP32 islands of the TensorRT targets): the -1e4 bias holds,
     # padding is never matched, nothing is NaN; matches near the threshold may move with FP16 rounding
     onnx.save(to_fp16(onnx.load(str(plain))), str(tmp_path / f"{name}.fp16.onnx"))
-    matches0, mscores0 = ort.InferenceSession(str(tmp_path / f"{name}.fp16.onnx"),
-                                              providers=["CPUExecutionProvider"]).run(None, feeds)
+    matches0, mscores0 = ort_session(str(tmp_path / f"{name}.fp16.onnx")).run(None, feeds)
     for p, ref in enumerate(references):
         got = _matches_of_pair(matches0[p], mscores0[p], slots[2 * p], slots[2 * p + 1])
         expected = set(map(tuple, ref["matches"].tolist()))
@@ -312,7 +310,6 @@ def test_attention_fusion_passes_the_key_bias_as_attention_bias(tmp_path, static
     to (B, 1, S, T): the contrib op takes no broadcast over S), equal to the unfused graph, also with a
     batch whose keys are all padded."""
     import onnx
-    import onnxruntime as ort
 
     from glueforge.attention import fuse_attention
     from glueforge.stages.simplify import simplify
@@ -339,7 +336,7 @@ def test_attention_fusion_passes_the_key_bias_as_attention_bias(tmp_path, static
         q, k, v = torch.randn(b, heads, s, d), torch.randn(b, heads, t, d), torch.randn(b, heads, t, d)
         bias = torch.where(torch.rand(b, t) > 0.4, 0.0, PADDING_BIAS)[:, None, None, :]
     feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "bias": bias.numpy()}
-    plain_out, fused_out = (ort.InferenceSession(str(tmp_path / f"attention.{x}"), providers=["CPUExecutionProvider"])
+    plain_out, fused_out = (ort_session(str(tmp_path / f"attention.{x}"))
                             .run(None, feeds)[0] for x in ("onnx", "fused.onnx"))
     assert np.isfinite(fused_out).all()
     np.testing.assert_allclose(fused_out, plain_out, rtol=1e-5, atol=1e-5)

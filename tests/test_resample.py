@@ -16,6 +16,7 @@ from torch import nn
 from glueforge.resample import regular_grid_to_resize
 from glueforge.stages.simplify import simplify
 from glueforge.patches.aliked_upsample_grid import upsample_grid
+from tests.project import ort_session
 
 
 class Upsample(nn.Module):
@@ -60,9 +61,8 @@ def exported(module: nn.Module, tmp_path: Path) -> onnx.ModelProto:
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
 
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return ort_session(model.SerializeToString()).run(None, {"x": x})[0]
 
 
 def ops(model: onnx.ModelProto) -> list[str]:

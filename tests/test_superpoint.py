@@ -27,7 +27,7 @@ from glueforge.weights import WeightsError
 from glueforge.validation.images import load
 from glueforge.validation.metrics import descriptor_cosine, keypoint_mnn_rate, mutual_nearest
 
-from tests.project import REPO, SHARED_DATA
+from tests.project import REPO, SHARED_DATA, ort_session
 
 log = logging.getLogger(__name__)
 VARIANTS = ("magicleap", "open")
@@ -296,7 +296,6 @@ def _assert_close_keypoints(expected: dict[str, np.ndarray], got: dict[str, np.n
 
 def test_onnx_dynamic_size_matches_torch(runs):
     import onnx
-    import onnxruntime as ort
 
     wide = torch.from_numpy(_photo(WIDE[0], WIDE[1])[None])
     with torch.no_grad():  # torch at 376 x 1248, both modes from one pass
@@ -309,7 +308,7 @@ def test_onnx_dynamic_size_matches_torch(runs):
         graph = _onnx(superpoint.build(spec, runs.weights, _settings()), spec)
         ops = {node.op_type for node in onnx.load_from_string(graph).graph.node}
         assert "NonZero" not in ops and ("TopK" in ops) == (mode == "keypoints"), sorted(ops)
-        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        session = ort_session(graph)
         names = [name for name, _, _ in spec.extractor_outputs(K)]
         # keypoints: both photographs (N = 2, traced with 1); dense: the first only, to save time
         first = 2 if mode == "keypoints" else 1

@@ -27,6 +27,8 @@ from tests.project import ORIN_MODEL, doit
 
 STAND_IN = Path(__file__).resolve().parent / "stand_in"
 MODEL = ORIN_MODEL  # the project after orin_nano's build and agx_orin's ONNX stages: tests/conftest.py ``fused``
+# one worker, in file order: the first test checks the project before the stand-in builds add engines to it
+pytestmark = pytest.mark.xdist_group("fused")
 
 
 def test_orin_nano_builds_to_fused_onnx_then_says_what_is_missing(fused):

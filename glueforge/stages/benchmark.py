@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from glueforge.api import Bundle, run_spec
-from glueforge.bench import Budget, bench, report
+from glueforge.bench import Budget, bench, floor_rate, report
 from glueforge import registry
 from glueforge.schema import BenchmarkSettings, ExtractorSpec, MatcherSpec, TargetSpec
 from glueforge.stages import Job, Label, Services, Stage
@@ -82,8 +82,9 @@ class Benchmark(Stage):
                             target=view.target_name)
             budget = Budget(warmup=b.warmup, runs=b.runs, seconds=b.seconds)
             with Bundle(engine.path, spec) as bundle:
-                rows = bench(bundle, b.graphs, b.batch, budget, sample_images(view, inputs))
-                record = report(bundle, rows, budget)
+                rate = floor_rate(bundle)
+                rows = bench(bundle, b.graphs, b.batch, budget, sample_images(view, inputs), rate=rate)
+                record = report(bundle, rows, budget, rate=rate)
             record["command"] = device_command(b)
         (out / BENCHMARKS).write_text(json.dumps(record, indent=1))
         return {"status": record["status"]}

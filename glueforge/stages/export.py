@@ -72,11 +72,12 @@ def trace(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> d
     images = trace_images(settings.image_size, models.channels)
     ins, outs = graph_io(graph, settings, models.channels, models.descriptor_dim)
     dynamic = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in ins + outs}
+    module, example = models.graph(graph), models.example_inputs(graph, images)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python scalars are expected and harmless here
         torch.onnx.export(
-            models.graph(graph),
-            models.example_inputs(graph, images),
+            module,
+            example,
             str(out / f"{graph}.onnx"),
             dynamo=False,
             opset_version=settings.opset,
@@ -85,9 +86,21 @@ def trace(settings: ExportSettings, weights: Mapping[str, Path], out: Path) -> d
             dynamic_axes=dynamic,
             do_constant_folding=True,
         )
-    io = {"inputs": [t.as_dict() for t in ins], "outputs": [t.as_dict() for t in outs]}
+    io = {"inputs": [t.as_dict() for t in ins], "outputs": [t.as_dict() for t in outs],
+          "flops": flops(graph, module, example, settings)}
     (out / "io.json").write_text(json.dumps(io, indent=1))
     return {"graph": graph, "exporter": "torch.onnx.export (TorchScript, dynamo=False)"}
+
+
+def flops(graph: str, module, example, settings: ExportSettings) -> dict[str, Any]:
+    """The graph's FLOPs per unit of its batch at the trace size and K (``glueforge.floor``): the example is one
+    pair, so two images for the extractor."""
+    from glueforge import floor
+
+    total = floor.count(module, example)
+    per, units = ("image", 2) if graph == "extractor" else ("pair", 1)
+    return {"count": total // units, "per": per, "image_size": list(settings.image_size), "keypoints": settings.keypoints,
+            "counted_with": "torch.utils.flop_counter on the patched module (a multiply-add is 2 FLOPs)"}
 
 
 def trace_images(size_hw, channels: int):
