@@ -94,8 +94,9 @@ NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused", "built_for"}, 
 
 
 def pytest_configure(config):
-    """The controller (or the only process) makes the session's shared directory (tests/background.py); the xdist
-    workers it starts inherit its path."""
+    """The controller (or the only process) makes the session's shared directory (tests/background.py), which also
+    holds the build chains' projects and the S3 server's data, and removes it at the end (unless
+    $GLUEFORGE_KEEP_TEST_BUILDS is set); the xdist workers it starts inherit its path."""
     if not hasattr(config, "workerinput") and SESSION not in os.environ:
         os.environ[SESSION] = tempfile.mkdtemp(prefix="glueforge-session-")
         config.stash[OWNER] = True
@@ -132,12 +133,16 @@ def pytest_sessionfinish(session, exitstatus):
             chain.stop()
     if session.config.stash.get(OWNER, False):
         stop_s3()
-        shutil.rmtree(session_dir(), ignore_errors=True)
+        # the chains' projects and the S3 data live in the session's directory (about 9 GB after the whole suite)
+        if os.environ.get("GLUEFORGE_KEEP_TEST_BUILDS"):
+            print(f"\nthe session's builds are kept in {session_dir()} (GLUEFORGE_KEEP_TEST_BUILDS)")
+        else:
+            shutil.rmtree(session_dir(), ignore_errors=True)
 
 
 def start(name: str):
     if name not in CHAINS:
-        CHAINS[name] = claim(name, lambda: CHAIN_STEPS[name](Path(tempfile.mkdtemp(prefix=f"glueforge-{name}-"))))
+        CHAINS[name] = claim(name, lambda: CHAIN_STEPS[name](Path(tempfile.mkdtemp(prefix=f"{name}-", dir=session_dir()))))
     return CHAINS[name]
 
 
@@ -419,7 +424,7 @@ def s3() -> SeaweedS3:
                 if info.is_file():
                     server = SeaweedS3.attach(json.loads(info.read_text()))
                 else:
-                    server = SeaweedS3(Path(tempfile.mkdtemp(prefix="glueforge-seaweedfs-")))
+                    server = SeaweedS3(Path(tempfile.mkdtemp(prefix="seaweedfs-", dir=directory)))
                     server.start()
                     info.write_text(json.dumps(server.describe()))
             os.environ.update(server.env())
