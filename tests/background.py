@@ -63,6 +63,9 @@ class Chain:
         self._error: BaseException | None = None
         self._process: subprocess.Popen | None = None
         self._stopped = False
+        # the environment as the session began: what a test sets in this process while the chain runs (monkeypatch,
+        # the stand-ins' variables) must not reach the chain's builds; a step passes what it needs (``env``)
+        self._environ = dict(os.environ)
         self._thread = threading.Thread(target=self._run, name=f"chain-{name}", daemon=True)
         self._thread.start()
 
@@ -71,10 +74,10 @@ class Chain:
 
         if self._stopped:
             raise RuntimeError(f"the {self.name} chain was stopped")
-        pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(project)) if p)
+        pythonpath = os.pathsep.join(p for p in (self._environ.get("PYTHONPATH"), str(project)) if p)
         self._process = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project, text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env={**os.environ, **THREADS, **(env or {}), "PYTHONPATH": pythonpath})
+                                         env={**self._environ, **THREADS, **(env or {}), "PYTHONPATH": pythonpath})
         stdout, stderr = self._process.communicate()
         proc = subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
         return parse_doit(proc)

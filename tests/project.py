@@ -79,7 +79,7 @@ def ort_session(model):
 
 def doit(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
     """Run doit in ``project``; return the process, the executed tasks and the up-to-date tasks."""
-    pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(project)) if p)
+    pythonpath = os.pathsep.join(p for p in ((env or {}).get("PYTHONPATH", os.environ.get("PYTHONPATH")), str(project)) if p)
     proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, capture_output=True, text=True,
                           env={**os.environ, **(env or {}), "PYTHONPATH": pythonpath})
     return parse_doit(proc)

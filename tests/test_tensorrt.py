@@ -23,11 +23,10 @@ import pytest
 from glueforge.config import Config
 from glueforge.runtime import EngineBuildError
 from glueforge.runtimes.tensorrt import parse_trtexec, profile_shapes, timing_cache_path, trtexec_command
-from tests.project import ORIN_MODEL, doit
+from tests.project import ORIN_MODEL, clone_project, doit
 
 STAND_IN = Path(__file__).resolve().parent / "stand_in"
 MODEL = ORIN_MODEL  # the project after orin_nano's build and agx_orin's ONNX stages: tests/conftest.py ``fused``
-pytestmark = pytest.mark.xdist_group("fused")  # one worker: the stand-in builds share the project's engines
 
 
 def test_orin_nano_builds_to_fused_onnx_then_says_what_is_missing(fused):
@@ -44,9 +43,10 @@ def test_orin_nano_builds_to_fused_onnx_then_says_what_is_missing(fused):
         onnx_path = fused / command.split()[1].removeprefix("--onnx=")
         assert onnx_path.is_file() and "artifacts/cas/fuse/" in str(onnx_path)
         assert "--fp16" in command and "--skipInference" in command and "--minShapes=" in command
-    # right after that build (the orin chain records it: later tests add stand-in engines and a bundle to this project)
-    after = json.loads((fused / "orin_after_build.json").read_text())
-    assert after == {"engine_cached": False, "bundle_stored": False}, after
+    # the project as the chain left it (the tests that build engines work in copies of it): no engine, no bundle
+    pristine = fused.parent / "pristine"
+    assert _cached(pristine, "engine") is None
+    assert not list((pristine / "artifacts/store").glob(f"{MODEL}/*/orin_nano"))
 
 
 def test_stopping_after_the_onnx_stages_on_purpose(fused):
@@ -55,20 +55,30 @@ def test_stopping_after_the_onnx_stages_on_purpose(fused):
     assert executed == [] and f"fuse:orin_nano:{MODEL}" in skipped
 
 
-def _result(fused: Path, stage: str, target: str = "orin_nano", stand_in: bool = False):
-    """The cached result of ``stage`` for MODEL on ``target`` in the fused project (its artifacts hold other
-    targets' too). ``stand_in``: computed as a build with the stand-in ``tensorrt`` computes it (the installed
+@pytest.fixture()
+def project(fused, tmp_path) -> Path:
+    """A copy of the orin chain's project as the chain left it (hard links), for a test that builds in it."""
+    return clone_project(tmp_path / "project", artifacts_from=fused.parent / "pristine")
+
+
+def _cached(project: Path, stage: str, target: str = "orin_nano", stand_in: bool = False):
+    """The cached result of ``stage`` for MODEL on ``target`` in ``project`` (its artifacts hold other targets'
+    too), or None. ``stand_in``: computed as a build with the stand-in ``tensorrt`` computes it (the installed
     TensorRT is part of the engine's key)."""
     from glueforge.pipeline import Pipeline
 
     if stand_in:
         sys.path.insert(0, str(STAND_IN))
     try:
-        result = Pipeline.load(fused).cached(stage, MODEL, target)
+        return Pipeline.load(project).cached(stage, MODEL, target)
     finally:
         if stand_in:
             sys.path.remove(str(STAND_IN))
             sys.modules.pop("tensorrt", None)
+
+
+def _result(project: Path, stage: str, target: str = "orin_nano", stand_in: bool = False):
+    result = _cached(project, stage, target, stand_in)
     assert result is not None, f"{stage} of {MODEL} for {target} is not cached"
     return result
 
@@ -85,27 +95,14 @@ def test_tensorrt_graphs_have_no_onnxruntime_ops_and_dense_outputs(fused):
         assert outputs & {"matches", "mscores"} == set()
 
 
-def _doit_with(fused: Path, env: dict[str, str], *args: str):
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return doit(fused, *args)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def _engine(project: Path, env: dict[str, str], target: str = "orin_nano"):
+    return doit(project, "engine", f"target={target}", f"model={MODEL}", env=env)
 
 
-def _engine(fused: Path, env: dict[str, str], target: str = "orin_nano"):
-    return _doit_with(fused, env, "engine", f"target={target}", f"model={MODEL}")
-
-
-def test_trtexec_path_with_stand_in(fused, tmp_path):
+def test_trtexec_path_with_stand_in(project, tmp_path):
     calls = tmp_path / "calls.jsonl"
     env = {"GLUEFORGE_TRTEXEC": str(STAND_IN / "trtexec"), "GLUEFORGE_COMPUTE_CAPABILITY": "8.7", "STANDIN_LOG": str(calls)}
-    proc, executed, _ = _engine(fused, env)
+    proc, executed, _ = _engine(project, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert executed == [f"engine:orin_nano:{MODEL}"]
     builds = [json.loads(line) for line in calls.read_text().splitlines() if line.strip() != '["--help"]']
@@ -123,10 +120,10 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
             assert flags["--minShapes"] == f"images:{1 if graph == 'extractor' else 2}x3x256x320"
             assert flags["--optShapes"] == f"images:{1 if graph == 'extractor' else 2}x3x480x640"  # tuned per frame
             assert flags["--maxShapes"] == "images:4x3x768x1280"
-    engines = list(_result(fused, "engine").path.glob("*.engine"))
+    engines = list(_result(project, "engine").path.glob("*.engine"))
     assert {e.stem for e in engines} == {"end2end", "extractor", "matcher"}
     assert all(json.loads(e.read_text())["stand_in_engine"] for e in engines)
-    assert list((fused / "artifacts/timing-cache").glob("sm87-trt10.3.0-*.cache"))
+    assert list((project / "artifacts/timing-cache").glob("sm87-trt10.3.0-*.cache"))
     # the bundle ships the graph each engine was built from, and the trtexec line that rebuilds it on the device
     result = json.loads((engines[0].parent / "result.json").read_text())["meta"]
     for graph, engine in result["engines"].items():
@@ -136,18 +133,18 @@ def test_trtexec_path_with_stand_in(fused, tmp_path):
         assert "--fp16" in engine["device_command"] and "--layerPrecisions=" in engine["device_command"]
 
     calls.unlink()
-    proc, executed, _ = _engine(fused, env)  # cached by content: trtexec is not called again
+    proc, executed, _ = _engine(project, env)  # cached by content: trtexec is not called again
     assert proc.returncode == 0 and executed == []
     assert not calls.exists() or all(line == '["--help"]' for line in calls.read_text().splitlines())
 
 
-def test_orin_bundle_records_the_parser_proxy_and_the_device_commands(fused):
+def test_orin_bundle_records_the_parser_proxy_and_the_device_commands(project):
     """With the trtexec stand-in's engines, bundled unvalidated (the engine cannot run here): the manifest records
     the TensorRT-RTX parser proxy's check of every graph, why it holds no benchmark, and the trtexec lines."""
     env = {"GLUEFORGE_TRTEXEC": str(STAND_IN / "trtexec"), "GLUEFORGE_COMPUTE_CAPABILITY": "8.7"}
-    proc, executed, _ = _doit_with(fused, env, "bundle", "target=orin_nano", f"model={MODEL}", "unvalidated=1")
+    proc, executed, _ = doit(project, "bundle", "target=orin_nano", f"model={MODEL}", "unvalidated=1", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    manifest = json.loads((fused / "artifacts/store" / MODEL / "0.2.0" / "orin_nano" / "manifest.json").read_text())
+    manifest = json.loads((project / "artifacts/store" / MODEL / "0.2.0" / "orin_nano" / "manifest.json").read_text())
     proxy = manifest["prepared"]["check"]
     assert proxy["parser"].startswith("TensorRT-RTX ONNX parser") and proxy["version"].startswith("1.")
     assert proxy["compute_capability"] == "8.6"
@@ -201,15 +198,15 @@ def test_trtexec_failure_is_reported_with_its_errors(fused):
     assert proc.returncode != 0 and "trtexec failed" in out and "stand-in parser failure on node '/matcher/Foo'" in out
 
 
-def test_python_builder_path_with_stand_in(fused):
-    env = {"PYTHONPATH": f"{STAND_IN}{os.pathsep}{fused}", "GLUEFORGE_COMPUTE_CAPABILITY": "8.7"}
-    proc, executed, _ = _engine(fused, env, target="agx_orin")
+def test_python_builder_path_with_stand_in(project):
+    env = {"PYTHONPATH": f"{STAND_IN}{os.pathsep}{project}", "GLUEFORGE_COMPUTE_CAPABILITY": "8.7"}
+    proc, executed, _ = _engine(project, env, target="agx_orin")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert executed == [f"engine:agx_orin:{MODEL}"]
-    result = _result(fused, "engine", "agx_orin", stand_in=True).path / "result.json"
+    result = _result(project, "engine", "agx_orin", stand_in=True).path / "result.json"
     meta = json.loads(result.read_text())["meta"]
     assert meta["builder"] == "python" and meta["tensorrt"] == "10.3.0.30" and meta["compute_capability"] == ["8.7"]
-    fused_meta = _result(fused, "fuse", "agx_orin").meta
+    fused_meta = _result(project, "fuse", "agx_orin").meta
     for graph in ("end2end", "extractor", "matcher"):
         record = json.loads((result.parent / f"{graph}.engine").read_text())
         assert sorted(record["flags"]) == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
