@@ -2,7 +2,8 @@
 
 - prepare: LightGlue-style MatMul-Softmax-MatMul attention fused into
   ``com.microsoft.MultiHeadAttention`` (``glueforge/attention.py``), and upsampling GridSamples over
-  shape-derived pixel grids as Resize (``glueforge/resample.py``);
+  shape-derived pixel grids as Resize, channels-last where a Transpose to channels-last reads them
+  (``glueforge/resample.py``);
 - engine: the ONNX model plus the session settings it must be run with (``session.json``);
   the model is loaded once here with exactly those settings, so a graph the runtime rejects
   fails this stage, not the application;
@@ -62,14 +63,17 @@ def versions() -> dict[str, str | None]:
 
 def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
     from glueforge.attention import fuse_attention
-    from glueforge.resample import regular_grid_to_resize
+    from glueforge.resample import regular_grid_to_resize, resize_channels_last
 
     model, resized = regular_grid_to_resize(model)
+    model, channels_last = resize_channels_last(model)
     fused, count = fuse_attention(model)
-    return fused, {"attention_fused": count, "grid_samples_as_resize": resized}
+    return fused, {"attention_fused": count, "grid_samples_as_resize": resized, "resized_channels_last": channels_last}
 
 
-def session(path: Path, settings: OrtSession):
+def session(model: Path | bytes, settings: OrtSession):
+    """An onnxruntime session of ``model`` (a path, or a serialized graph) with ``settings`` and this machine's
+    thread limit."""
     import onnxruntime as ort
 
     from glueforge.machine import passive_wait, thread_limit
@@ -82,7 +86,7 @@ def session(path: Path, settings: OrtSession):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=list(settings.providers))
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=list(settings.providers))
 
 
 def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildContext) -> dict[str, Any]:

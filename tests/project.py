@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -66,15 +70,9 @@ def clone_project(dest: Path, artifacts_from: Path | None = None) -> Path:
 def ort_session(model):
     """An onnxruntime CPU session of ``model`` (a path or serialized bytes) made as the cpu target's are: this
     process's thread limit (one thread in the test session: tests/conftest.py) and no spinning threads."""
-    import onnxruntime as ort
+    from glueforge.runtimes.onnxruntime import OrtSession, session
 
-    from glueforge.machine import passive_wait, thread_limit
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = thread_limit() or 0
-    if passive_wait():
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return session(model, OrtSession())
 
 
 def doit(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
@@ -111,8 +109,6 @@ class SharedReferences:
     directory (tests/background.py), or in memory outside a test session."""
 
     def __init__(self, key: str) -> None:
-        import hashlib
-
         from tests.background import SESSION
 
         self._memory: dict = {}
@@ -122,23 +118,17 @@ class SharedReferences:
             self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
-        import hashlib
-
         return self.directory / hashlib.sha256(name.encode()).hexdigest()[:16]
 
     def __contains__(self, name: str) -> bool:
         return name in self._memory or (self.directory is not None and self._path(name).is_file())
 
     def __getitem__(self, name: str):
-        import pickle
-
         if name not in self._memory:
             self._memory[name] = pickle.loads(self._path(name).read_bytes())
         return self._memory[name]
 
     def __setitem__(self, name: str, value) -> None:
-        import pickle
-
         self._memory[name] = value
         if self.directory is not None:
             tmp = self._path(name).with_suffix(f".{os.getpid()}.tmp")
@@ -148,9 +138,6 @@ class SharedReferences:
     def lock(self):
         """Held while one worker computes the references, so that another waits for them instead of computing them
         again."""
-        import contextlib
-        import fcntl
-
         if self.directory is None:
             return contextlib.nullcontext()
 

@@ -321,15 +321,10 @@ class _Engine:
 
 class _Context:
     def __init__(self, engine: _Engine) -> None:
-        import onnxruntime as ort
-
-        from glueforge.machine import thread_limit
+        from glueforge.runtimes.onnxruntime import OrtSession, session
 
         self.engine = engine
-        options = ort.SessionOptions()  # as the cpu target's sessions: the thread limit, no spinning threads
-        options.intra_op_num_threads = thread_limit() or 0
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(engine.record["onnx"], options, providers=["CPUExecutionProvider"])
+        self.session = session(engine.record["onnx"], OrtSession())  # as the cpu target's sessions
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
         self.outputs: dict | None = None
