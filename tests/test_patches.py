@@ -229,6 +229,33 @@ def test_deform_grid_equals_upstream(mask):
         torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
 
 
+def test_batched_sddh_equals_upstream():
+    """The descriptor head on the four maps, normalised where it reads them: upstream's SDDH on their normalised
+    concatenation (per-image loop, get_patches, grid_sample) to float32 rounding, for a batch of two, keypoints at
+    the border too, and offsets that leave the map."""
+    import copy
+
+    import torch.nn.functional as F
+    from kornia.feature.aliked.aliked import SDDH
+
+    from glueforge.patches import aliked_batched_sddh
+
+    torch.manual_seed(0)
+    upstream = torch.nn.Sequential(SDDH(32, 3, 16, gate=torch.nn.SELU()).eval())
+    with torch.no_grad():
+        upstream[0].offset_conv[2].weight.mul_(30)  # offsets of several pixels, some outside the map
+    patched = copy.deepcopy(upstream)
+    assert aliked_batched_sddh.apply(patched, None) == 1
+    for h, w in ((32, 64), (24, 40)):
+        parts = [torch.randn(2, 8, h, w) for _ in range(4)]
+        keypoints = torch.rand(2, 50, 2) * 2 - 1
+        keypoints[:, :4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [0.999, -0.999]])  # corners
+        with torch.no_grad():
+            expected, _ = upstream[0](F.normalize(torch.cat(parts, dim=1), p=2, dim=1), list(keypoints))
+            got = patched[0](parts, keypoints)
+        torch.testing.assert_close(got, torch.stack(expected), rtol=0, atol=2e-5)
+
+
 @pytest.mark.parametrize("scale", [2, 8, 32])
 def test_upsample_grid_equals_upstream(scale):
     """GridSample over the aligned-corners grid: nn.Upsample's bilinear interpolation to float32 rounding."""

@@ -1,5 +1,6 @@
 """glueforge.resample: a GridSample over a shape-derived aligned pixel grid becomes a Resize with the same
-outputs; a GridSample at data-dependent positions, or over a shape-derived grid that is not a pixel grid, stays."""
+outputs; a GridSample at data-dependent positions, or over a shape-derived grid that is not a pixel grid, stays.
+A Resize that only a channels-last Transpose reads resizes the transposed map instead, to the same values."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glueforge.resample import regular_grid_to_resize
+from glueforge.resample import regular_grid_to_resize, resize_channels_last
 from glueforge.stages.simplify import simplify
 from glueforge.patches.aliked_upsample_grid import upsample_grid
 from tests.project import ort_session
@@ -29,6 +30,14 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         return upsample_grid(y, 2) + upsample_grid(F.avg_pool2d(y, 4), 8)
+
+
+class ChannelsLast(nn.Module):
+    """Upsampled maps read channels-last (as ALIKED's descriptor head reads its parts), one of them also as is."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = upsample_grid(x, 2), upsample_grid(x, 8)
+        return a.permute(0, 2, 3, 1) * 2, b.permute(0, 2, 3, 1) + b.mean()
 
 
 class Keypoints(nn.Module):
@@ -95,3 +104,19 @@ def test_other_grid_samples_stay(module, tmp_path):
     before = model.SerializeToString()
     rewritten, count = regular_grid_to_resize(model)
     assert count == 0 and rewritten.SerializeToString() == before
+
+
+def test_a_resize_read_channels_last_resizes_the_transposed_map(tmp_path):
+    module = ChannelsLast()
+    model, _ = regular_grid_to_resize(exported(module, tmp_path))
+    x = np.random.default_rng(2).random((2, 3, 16, 24), dtype=np.float32)
+    before = [ort_session(model.SerializeToString()).run(None, {"x": x})]
+    rewritten, count = resize_channels_last(model)
+    assert count == 1  # the x8 map is also read as is (its mean): it stays
+    channels_last = [n for n in rewritten.graph.node if n.op_type == "Resize" and n.input[0].endswith("/input")]
+    assert len(channels_last) == 1
+    scales = onnx.numpy_helper.to_array(next(i for i in rewritten.graph.initializer if i.name == channels_last[0].input[2]))
+    assert scales.tolist() == [1, 2, 2, 1]
+    after = ort_session(rewritten.SerializeToString()).run(None, {"x": x})
+    for got, expected in zip(after, before[0]):
+        np.testing.assert_array_equal(got, expected)
