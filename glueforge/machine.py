@@ -1,4 +1,5 @@
-"""What the running machine has: installed package versions, the GPU's compute capability.
+"""What the running machine has: installed package versions, the GPU's compute capability, the processor's
+floating-point mode.
 
 Standard library and packaging only, so that pulling a bundle needs nothing more than the
 pull-only install.
@@ -6,9 +7,14 @@ pull-only install.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
+import platform
 import shutil
 import subprocess
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -43,6 +49,54 @@ def passive_wait() -> bool:
     onnxruntime sessions follow it too). On a machine whose cores several processes share, spinning threads take
     the cores the others need; alone, a passive wait costs next to nothing (measured: tests/conftest.py)."""
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+# The flush-to-zero and denormals-are-zero bits of the calling thread's floating-point control, per processor, and
+# where glibc's fenv_t holds that register: x86-64's MXCSR (after the 28-byte x87 environment), AArch64's FPCR (FZ).
+_DENORMAL_BITS = {"x86_64": (28, 0x8040), "AMD64": (28, 0x8040), "aarch64": (0, 1 << 24), "arm64": (0, 1 << 24)}
+_FENV = threading.local()
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Within the block, the calling thread computes with denormal floats as zero (inputs and results), then its
+    floating-point environment is restored. Where the processor or the C library offers no such mode (no glibc,
+    another processor) the block runs unchanged.
+
+    Why: a float below 1.2e-38 costs about a hundred cycles per operation on x86 processors, and real images give
+    LightGlue's attention many (an exponential of a very negative score): its matcher ran 2.1x as long on
+    onnxruntime's CPU provider (1441 against 682 ms, one thread, the same matches and scores to the bit).
+    onnxruntime's ``session.set_denormal_as_zero`` covers the threads of a session's pool (and leaves the mode set
+    on the thread that made the session, as a side effect), not the thread that calls ``run``."""
+    where = _DENORMAL_BITS.get(platform.machine())
+    libc = _libc() if where else None
+    if libc is None or getattr(_FENV, "active", False):
+        yield
+        return
+    saved, changed = ctypes.create_string_buffer(64), ctypes.create_string_buffer(64)
+    if libc.fegetenv(saved) != 0 or libc.fegetenv(changed) != 0:
+        yield
+        return
+    offset, bits = where
+    register = ctypes.c_uint32.from_buffer(changed, offset)
+    register.value |= bits
+    libc.fesetenv(changed)
+    _FENV.active = True
+    try:
+        yield
+    finally:
+        _FENV.active = False
+        libc.fesetenv(saved)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """glibc's libm, where fegetenv and fesetenv are."""
+    try:
+        libm = ctypes.CDLL("libm.so.6")
+    except OSError:
+        return None
+    return libm if all(hasattr(libm, name) for name in ("fegetenv", "fesetenv")) else None
 
 
 def package_version(*names: str) -> str | None:

@@ -2,6 +2,8 @@
 $OMP_WAIT_POLICY=PASSIVE stops its idle threads spinning.
 
 A session whose settings name a thread count keeps it; an invalid value is ignored (the library's default).
+A session computes with denormal floats as zero where its settings say so (the default), on the thread that calls it
+too, and leaves that thread's floating-point mode as it was.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from glueforge.machine import thread_limit
+from glueforge.machine import flush_denormals, thread_limit
 from glueforge.runtimes.onnxruntime import OrtSession, session
 
 
@@ -56,3 +58,22 @@ def test_a_passive_wait_policy_stops_onnxruntime_spinning(monkeypatch, add_one, 
         if spinning is None:
             with pytest.raises(Exception):  # not set: onnxruntime's default (spinning)
                 options.get_session_config_entry(key)
+
+
+def test_denormals_are_zero_in_a_flushing_session_and_only_there(tmp_path):
+    tiny = np.float32(1e-20)  # its square, 1e-40, is a denormal float
+    assert tiny * tiny > 0
+    with flush_denormals():
+        assert tiny * tiny == 0
+    assert tiny * tiny > 0  # the thread's mode is restored
+
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "square",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    path = tmp_path / "square.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    x = np.full(4, tiny, np.float32)
+    flushed = session(path, OrtSession()).run(None, {"x": x})[0]
+    kept = session(path, OrtSession(flush_denormals=False)).run(None, {"x": x})[0]
+    assert (flushed == 0).all() and (kept > 0).all()
+    assert tiny * tiny > 0
