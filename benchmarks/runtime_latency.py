@@ -1,13 +1,15 @@
-"""Benchmark: latency of each model's widest graph on CPU runtimes, in one run.
+"""Benchmark: latency of each model's widest graph on CPU runtimes, and of the upstream model in PyTorch, in one run.
 
-    python benchmarks/runtime_latency.py [--targets cpu,openvino] [--threads 2] [--repeats 20] [--models ...]
+    python benchmarks/runtime_latency.py [--targets cpu,openvino] [--threads 2] [--repeats 20] [--models ...] [--no-eager]
 
 For every model and target it takes the engine the build made (building the stages it
 needs), runs its ``end2end`` graph (one pair of images at the export size in, keypoints and
 matches out), or the ``extractor`` graph of an extractor-only model (the same two images),
 through the target runtime's own runner with the recorded settings, the thread count pinned
-to ``--threads``, on the validation pair. Runs are interleaved across targets so that drift
-of the machine hits all alike; the median of ``--repeats`` runs after 3 warm-ups is printed.
+to ``--threads``, on the validation pair. Beside them it runs the family's unpatched upstream
+model (kornia, eager PyTorch on ``--threads`` threads: both images' features, then the matcher)
+on the same pair: "x eager" is a target's latency over that one's. Runs are interleaved so that
+drift of the machine hits all alike; the median of ``--repeats`` runs after 3 warm-ups is printed.
 Nothing is asserted about speed here.
 """
 
@@ -24,8 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from glueforge import registry
+from glueforge.graphs import Models
 from glueforge.log import configure_logging
 from glueforge.pipeline import Pipeline
 from runtimes import onnxruntime, openvino
@@ -62,13 +66,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def eager(pipeline: Pipeline, model: str, target: str):
+    """The upstream model of ``model`` (its export settings for ``target``: the same K) as one callable on a pair."""
+    weights = {role: pipeline.weight_file(name) for role, name in pipeline.weight_names(model).items()}
+    models = Models(pipeline.config.export_settings(model, target), weights)
+
+    def run(images: np.ndarray) -> None:
+        with torch.inference_mode():
+            features = models.reference_features(torch.from_numpy(images))
+        if models.spec.matcher is not None:
+            models.reference_matches(features[0], features[1])
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="cpu,openvino")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--models", default=None)
+    parser.add_argument("--no-eager", dest="eager", action="store_false", help="without the upstream PyTorch model")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     configure_logging()
     from polygraphy.logger import G_LOGGER
 
@@ -79,9 +99,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for model in pipeline.config.select_models(args.models):
             graph = "end2end" if "end2end" in pipeline.config.model(model).graphs else "extractor"
-            inputs = np.load(pipeline.result("export", model, targets[0]).file("inputs.npz"))
+            inputs = np.load(pipeline.result("reference", model, targets[0]).file("inputs.npz"))
             size = cases(inputs, graph)[0]
             feed = {"images": inputs[f"{graph}@{size}/images"]}
+            runs = [(lambda run: lambda: run(feed["images"]))(eager(pipeline, model, targets[0]))] if args.eager else []
             runners = []
             for target in targets:
                 runtime = pipeline.config.target(target).runtime
@@ -90,14 +111,15 @@ def main() -> None:
             for r in runners:
                 r.activate()
             try:
-                samples: list[list[float]] = [[] for _ in runners]
+                runs = [(lambda r: lambda: r.infer(feed))(r) for r in runners] + runs
+                samples: list[list[float]] = [[] for _ in runs]
                 for _ in range(3):
-                    for r in runners:
-                        r.infer(feed)
+                    for run in runs:
+                        run()
                 for _ in range(args.repeats):
-                    for r, times in zip(runners, samples):
+                    for run, times in zip(runs, samples):
                         start = time.perf_counter()
-                        r.infer(feed)
+                        run()
                         times.append((time.perf_counter() - start) * 1000)
             finally:
                 for r in runners:
@@ -106,11 +128,12 @@ def main() -> None:
     print(f"\nlatency per image pair (2 images in), {args.threads} threads, "
           f"median of {args.repeats} interleaved runs; {cpu_name()}, {os.cpu_count()} logical CPUs")
     print(f"{'model':20s} {'graph':9s} {'H x W':>9s} " + " ".join(f"{t + ' ms':>13s}" for t in targets) +
-          ("" if len(targets) < 2 else f" {targets[1] + ' / ' + targets[0]:>18s}"))
+          (f" {'eager ms':>10s} " + " ".join(f"{t + ' x eager':>16s}" for t in targets) if args.eager else ""))
     for model, graph, size, ms in rows:
-        ratio = "" if len(ms) < 2 else f" {ms[1] / ms[0]:17.2f}x"
-        print(f"{model:20s} {graph:9s} {size:>9s} " + " ".join(f"{v:13.1f}" for v in ms) + ratio)
-
+        line = f"{model:20s} {graph:9s} {size:>9s} " + " ".join(f"{v:13.1f}" for v in ms[:len(targets)])
+        if args.eager:
+            line += f" {ms[-1]:10.1f} " + " ".join(f"{v / ms[-1]:15.2f}x" for v in ms[:len(targets)])
+        print(line)
 
 if __name__ == "__main__":
     main()
