@@ -1,12 +1,13 @@
 """Benchmark: latency of each model's widest graph on CPU runtimes, and of the upstream model in PyTorch, in one run.
 
     python benchmarks/runtime_latency.py [--targets cpu,openvino] [--threads 2] [--repeats 20] [--models ...] [--no-eager]
+                                         [--pair IMAGE0 IMAGE1]
 
 For every model and target it takes the engine the build made (building the stages it
 needs), runs its ``end2end`` graph (one pair of images at the export size in, keypoints and
 matches out), or the ``extractor`` graph of an extractor-only model (the same two images),
 through the target runtime's own runner with the recorded settings, the thread count pinned
-to ``--threads``, on the validation pair. Beside them it runs the family's unpatched upstream
+to ``--threads``, on the validation pair (or ``--pair``'s photographs). Beside them it runs the family's unpatched upstream
 model (kornia, eager PyTorch on ``--threads`` threads: both images' features, then the matcher)
 on the same pair: "x eager" is a target's latency over that one's. Runs are interleaved so that
 drift of the machine hits all alike; the median of ``--repeats`` runs after 3 warm-ups is printed.
@@ -30,6 +31,7 @@ import torch
 
 from glueforge import registry
 from glueforge.graphs import Models
+from glueforge.validation.images import load
 from glueforge.log import configure_logging
 from glueforge.pipeline import Pipeline
 from runtimes import onnxruntime, openvino
@@ -87,6 +89,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--models", default=None)
     parser.add_argument("--no-eager", dest="eager", action="store_false", help="without the upstream PyTorch model")
+    parser.add_argument("--pair", nargs=2, type=Path, metavar=("IMAGE0", "IMAGE1"),
+                        help="these photographs (resized to the export size) instead of the validation pair")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     configure_logging()
@@ -102,6 +106,10 @@ def main() -> None:
             inputs = np.load(pipeline.result("reference", model, targets[0]).file("inputs.npz"))
             size = cases(inputs, graph)[0]
             feed = {"images": inputs[f"{graph}@{size}/images"]}
+            if args.pair:
+                h, w = (int(v) for v in size.split("x"))
+                colour = pipeline.config.export_settings(model, targets[0]).extractor.colour
+                feed = {"images": np.stack([load(p, (h, w), colour) for p in args.pair]).astype(np.float32)}
             runs = [(lambda run: lambda: run(feed["images"]))(eager(pipeline, model, targets[0]))] if args.eager else []
             runners = []
             for target in targets:

@@ -111,15 +111,15 @@ def test_validation_failure_stops_the_bundle(built, tmp_path):
     project = clone_project(tmp_path / "strict", artifacts_from=built)
     config = yaml.safe_load((project / "models.yaml").read_text())
     config["targets"]["cpu"]["tolerances"]["descriptors"] = {"atol": 0.0, "rtol": 0.0, "stat": "max"}
-    config["models"]["disk_lightglue"]["version"] = "0.9.0"
+    config["models"]["xfeat_lighterglue"]["version"] = "0.9.0"
     (project / "models.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cas_before = sorted(p.name for p in (project / "artifacts/cas/validate").iterdir())
 
-    proc, executed, _ = doit(project, "build", "target=cpu", "model=disk_lightglue")
+    proc, executed, _ = doit(project, "build", "target=cpu", "model=xfeat_lighterglue")
     assert proc.returncode != 0
     assert "validation failed" in proc.stdout + proc.stderr and "descriptors" in proc.stdout + proc.stderr
-    assert "bundle:cpu:disk_lightglue" not in executed
-    assert not (project / "artifacts/store/disk_lightglue/0.9.0").exists()
+    assert "bundle:cpu:xfeat_lighterglue" not in executed
+    assert not (project / "artifacts/store/xfeat_lighterglue/0.9.0").exists()
     assert sorted(p.name for p in (project / "artifacts/cas/validate").iterdir()) == cas_before
 
 
@@ -156,11 +156,11 @@ def test_unvalidated_override_is_loud_and_marked(built, s3_server):
     from glueforge.store import S3Store
 
     store = ["store=" + s3_server.url("unvalidated"), "endpoint=" + s3_server.endpoint]
-    proc, executed, _ = doit(built, "publish", "target=cpu", "model=disk_lightglue", "version=0.0.1", "unvalidated=1", *store)
+    proc, executed, _ = doit(built, "publish", "target=cpu", "model=xfeat_lighterglue", "version=0.0.1", "unvalidated=1", *store)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "validate:cpu:disk_lightglue" not in executed
-    assert "UNVALIDATED: disk_lightglue for cpu is bundled WITHOUT validation" in proc.stderr
-    manifest = S3Store(s3_server.url("unvalidated"), s3_server.endpoint).manifest("disk_lightglue", "0.0.1", "cpu")
+    assert "validate:cpu:xfeat_lighterglue" not in executed
+    assert "UNVALIDATED: xfeat_lighterglue for cpu is bundled WITHOUT validation" in proc.stderr
+    manifest = S3Store(s3_server.url("unvalidated"), s3_server.endpoint).manifest("xfeat_lighterglue", "0.0.1", "cpu")
     assert manifest["validation"]["status"] == "unvalidated" and "override" in manifest["validation"]["reason"]
 
 
