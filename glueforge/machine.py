@@ -73,10 +73,11 @@ def flush_denormals():
     if libc is None or getattr(_FENV, "active", False):
         yield
         return
-    saved, changed = ctypes.create_string_buffer(64), ctypes.create_string_buffer(64)
-    if libc.fegetenv(saved) != 0 or libc.fegetenv(changed) != 0:
+    saved = ctypes.create_string_buffer(64)
+    if libc.fegetenv(saved) != 0:
         yield
         return
+    changed = ctypes.create_string_buffer(saved.raw)
     offset, bits = where
     register = ctypes.c_uint32.from_buffer(changed, offset)
     register.value |= bits

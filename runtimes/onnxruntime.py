@@ -90,14 +90,14 @@ def session(model: Path | bytes, settings: OrtSession):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
     options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
     if not settings.flush_denormals:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=list(settings.providers))
+        return ort.InferenceSession(source, options, providers=list(settings.providers))
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     # onnxruntime sets the mode on the thread that makes the session, for the pool threads it starts, and leaves it
     # set there: made within the block, the caller's mode is restored after
     with flush_denormals():
-        made = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=list(settings.providers))
-    return _DenormalsAsZero(made)
+        return _DenormalsAsZero(ort.InferenceSession(source, options, providers=list(settings.providers)))
 
 
 class _DenormalsAsZero:

@@ -70,14 +70,13 @@ class Chain:
         self._thread.start()
 
     def _doit(self, project: Path, *args: str, env: dict[str, str] | None = None):
-        from tests.project import parse_doit
+        from tests.project import doit_environment, parse_doit
 
         if self._stopped:
             raise RuntimeError(f"the {self.name} chain was stopped")
-        pythonpath = os.pathsep.join(p for p in (self._environ.get("PYTHONPATH"), str(project)) if p)
         self._process = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project, text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env={**self._environ, **THREADS, **(env or {}), "PYTHONPATH": pythonpath})
+                                         env=doit_environment(project, {**self._environ, **THREADS}, env))
         stdout, stderr = self._process.communicate()
         proc = subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
         return parse_doit(proc)

@@ -75,11 +75,17 @@ def ort_session(model):
     return session(model, OrtSession())
 
 
+def doit_environment(project: Path, base: dict[str, str], env: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` with ``env`` over it, and ``project`` appended to their PYTHONPATH: what doit runs with in ``project``."""
+    merged = {**base, **(env or {})}
+    merged["PYTHONPATH"] = os.pathsep.join(p for p in (merged.get("PYTHONPATH"), str(project)) if p)
+    return merged
+
+
 def doit(project: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
     """Run doit in ``project``; return the process, the executed tasks and the up-to-date tasks."""
-    pythonpath = os.pathsep.join(p for p in ((env or {}).get("PYTHONPATH", os.environ.get("PYTHONPATH")), str(project)) if p)
     proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=project, capture_output=True, text=True,
-                          env={**os.environ, **(env or {}), "PYTHONPATH": pythonpath})
+                          env=doit_environment(project, dict(os.environ), env))
     return parse_doit(proc)
 
 
