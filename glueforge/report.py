@@ -140,9 +140,12 @@ def _agreement_section(validation: Mapping[str, Any], precision: str) -> str:
                              f"{c['max_absdiff']:.3g}", f"{c['stat']} &le; {c['atol']:g}", _verdict(c["passed"])))
     if not rows:
         return ""
-    title = "FP16 against FP32" if precision == "fp16" else "Engine against the exported PyTorch model"
+    title = {"fp16": "FP16 against FP32", "int8": "INT8 extractor against FP32"}.get(precision,
+                                                                                  "Engine against the exported PyTorch model")
     intro = ("The FP16 engine's outputs against the FP32 patched PyTorch model on the same inputs (keypoint-indexed "
              "outputs paired by mutual nearest neighbour first)." if precision == "fp16" else
+             "The engine (its extractor's convolutions in INT8, the rest FP32) against the FP32 patched PyTorch model on "
+             "the same inputs (keypoint-indexed outputs paired by mutual nearest neighbour first)." if precision == "int8" else
              "The engine's outputs against the patched PyTorch model it was exported from, on the same inputs.")
     return (f"<h2>{title}</h2><p>{intro}</p>" + _table(("graph", "size", "output", "median |&Delta;|", "mean |&Delta;|",
                                                         "max |&Delta;|", "tolerance", ""), rows, numeric=(3, 4, 5)))
@@ -196,6 +199,21 @@ def _picture_section(directory: Path, manifest: Mapping[str, Any]) -> str:
     return f"<h2>Validation pair</h2><p>{caption}</p>" + _png(picture)
 
 
+def _quantization_rows(prepared: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The INT8 graphs of an int8 bundle: recipe, calibration set and what stayed float (``glueforge/quantize.py``)."""
+    rows = []
+    for graph, meta in prepared.items():
+        q = meta.get("int8") if isinstance(meta, Mapping) else None
+        if not q:
+            continue
+        c = q["calibration"]
+        float_convs = ", ".join(q.get("float_convolutions") or []) or "none"
+        rows.append((f"INT8: {_e(graph)}", f"{_e(q['recipe'])}; {q['quantized_convolutions']} of {q['convolutions']} convolutions "
+                     f"in INT8; float convolutions: {_e(float_convs)}; calibrated ({_e(q['method'])}) on {c['images']} "
+                     f"images of {_e(c['source'])} (sha256 {_e(c['sha256'][:16])}&hellip;)"))
+    return rows
+
+
 def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapping[str, Any]) -> str:
     """The HTML of one bundle's report (``manifest`` without its file list is enough)."""
     m = manifest
@@ -210,6 +228,7 @@ def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapp
                                + ", ".join(f"{_e(t['name'])} {_e(t['shape'])}" for t in spec["outputs"])
                                for g, spec in m["graphs"].items())),
         ("preprocessing", "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in m["preprocessing"].items())),
+        *_quantization_rows(m.get("prepared") or {}),
     ])
     prov = m.get("provenance") or {}
     provenance = _table(None, [

@@ -11,6 +11,7 @@ core code asks the spec and never names a family or a runtime.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -127,6 +128,43 @@ class BenchmarkSettings(Strict):
     runs: Optional[Annotated[int, Field(ge=1)]] = None  # exactly this many runs instead
 
 
+# fp32 and fp16: the whole graph; int8: the extractor's convolutions in INT8 (QDQ, glueforge/quantize.py), the rest at
+# the runtime's float precision; fp8: refused (no runtime module builds it yet; TensorRT refuses it below 8.9)
+Precision = Literal["fp32", "fp16", "int8", "fp8"]
+
+
+class Calibration(Strict):
+    """The images an ``int8`` target's extractor is calibrated on (``glueforge/quantize.py``)."""
+
+    # a directory of the user's photographs (relative to the project, or absolute); None: the default set, scikit-image's
+    # photographs and textures that no validation or homography check reads
+    images: Optional[str] = None
+    count: Annotated[int, Field(ge=1, le=1000)] = 12  # at most this many, the first by file name
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # onnxruntime.quantization's calibrators
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a runtime module wants INT8 convolutions (its ``QUANTIZATION``; ``glueforge/quantize.py`` applies it).
+    Weights are always INT8, symmetric, per output channel."""
+
+    activations: Literal["int8", "uint8"]
+    symmetric_activations: bool
+    # each convolution's output too (a runtime whose integer convolution kernels take and give integers needs it); the
+    # head convolutions, from which no other convolution is reached, then stay float: their outputs are the features
+    outputs: bool = False
+
+    def describe(self) -> str:
+        kind = "symmetric" if self.symmetric_activations else "asymmetric"
+        outputs = "; convolution outputs quantized, head convolutions float" if self.outputs else ""
+        return f"QDQ: {kind} {self.activations} activations per tensor, symmetric int8 weights per output channel{outputs}"
+
+
+# what TensorRT's explicit quantization reads (symmetric, zero point 0, Q/DQ on each convolution's inputs), and OpenVINO
+# runs
+SYMMETRIC_INT8 = Recipe("int8", True)
+
+
 class TargetSpec(Strict):
     """A deployment target of one runtime."""
 
@@ -134,7 +172,8 @@ class TargetSpec(Strict):
     match_output: ClassVar[str] = "list"  # "list": matches (M, 3); "dense": matches0 (B, K), no data-dependent shape
     max_keypoints: ClassVar[Optional[int]] = None  # a limit of the runtime's TopK, checked at load time
     runtime: str
-    precision: Literal["fp32", "fp16"]
+    precision: Precision
+    calibration: Calibration = Calibration()  # read only where precision is int8
     description: Optional[str] = None
     keypoints: Optional[Annotated[int, Field(ge=16, le=16384)]] = None
     tolerances: dict[str, Tolerance]
@@ -148,8 +187,14 @@ class TargetSpec(Strict):
                              f"not {self.precision!r}")
         return self
 
-    # what the runtime module's ``prepare`` and ``check`` read of the target (the fuse step's view)
+    # what the runtime module's ``prepare`` and ``check`` read of the target (the fuse step's view; an int8 target's also
+    # holds ``calibration``)
     fuse_fields: ClassVar[tuple[str, ...]] = ("runtime", "precision")
+
+    @property
+    def quantized(self) -> bool:
+        """The extractor is calibrated and quantized to INT8 (``glueforge/quantize.py``)."""
+        return self.precision == "int8"
 
     def view(self, stage: str) -> "TargetSpec":
         """This target as the ``stage`` step reads it (``glueforge.views.restricted``): reading a field outside the
@@ -158,10 +203,10 @@ class TargetSpec(Strict):
 
         everything = set(type(self).model_fields)
         fields = {
-            "fuse": set(self.fuse_fields),
-            "engine": everything - {"tolerances", "thresholds", "description", "benchmark"},
-            "validate": everything - {"description", "benchmark"},
-            "benchmark": everything - {"description", "tolerances", "thresholds"},
-            "bundle": everything - {"description"},
+            "fuse": set(self.fuse_fields) | ({"calibration"} if self.quantized else set()),
+            "engine": everything - {"tolerances", "thresholds", "description", "benchmark", "calibration"},
+            "validate": everything - {"description", "benchmark", "calibration"},
+            "benchmark": everything - {"description", "tolerances", "thresholds", "calibration"},
+            "bundle": everything - ({"description"} if self.quantized else {"description", "calibration"}),
         }[stage]
         return restricted(self, fields)

@@ -1,4 +1,4 @@
-"""ONNX Runtime on the CPU: the embedded default runtime, FP32.
+"""ONNX Runtime on the CPU: the embedded default runtime, FP32 (or INT8 extractors, ``QUANTIZATION``).
 
 - prepare: LightGlue-style MatMul-Softmax-MatMul attention fused into
   ``com.microsoft.MultiHeadAttention`` (``glueforge/attention.py``), and upsampling GridSamples over
@@ -24,12 +24,16 @@ from typing_extensions import Annotated
 
 from glueforge.machine import flush_denormals
 from glueforge.runtime import BuildContext, EngineUnavailable, Incompatible
-from glueforge.schema import Strict, TargetSpec
+from glueforge.schema import Recipe, Strict, TargetSpec
 
 log = logging.getLogger(__name__)
 NAME = "onnxruntime"
 TOOLS = ("onnx",)  # prepare is glueforge's own attention fusion over onnx
 SESSION = "session.json"
+# int8 targets (glueforge/quantize.py): UINT8 activations with zero points, so that the CPU provider runs its U8S8
+# kernels, the fast ones on x86 (onnxruntime's quantization guide), and the convolutions' outputs quantized, without
+# which it forms no integer convolution (QLinearConv) and runs each as DequantizeLinear + a float Conv
+QUANTIZATION = Recipe("uint8", symmetric_activations=False, outputs=True)
 # the command line resizes images whose longest side exceeds this (glueforge infer/bench/evaluate --max-size): on two
 # CPU cores ALIKED + LightGlue takes seconds per pair on 12 MP photographs
 DEFAULT_MAX_SIZE = 1024
@@ -49,8 +53,9 @@ class OrtSession(Strict):
 
 
 class Target(TargetSpec):
-    # onnxruntime's CPU provider has no FP16 kernels for most ops: an fp16 target would run an FP32 graph
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # onnxruntime's CPU provider has no FP16 kernels for most ops: an fp16 target would run an FP32 graph. int8: the
+    # extractor's convolutions in QDQ form (glueforge/quantize.py), which the provider runs as integer convolutions
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "int8")
     runtime: Literal["onnxruntime"]
     session: OrtSession = OrtSession()
 

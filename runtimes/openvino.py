@@ -33,12 +33,13 @@ from pydantic import Field
 from typing_extensions import Annotated
 
 from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable, Incompatible
-from glueforge.schema import Strict, TargetSpec
+from glueforge.schema import SYMMETRIC_INT8, Strict, TargetSpec
 
 log = logging.getLogger(__name__)
 NAME = "openvino"
 TOOLS = ("onnx",)  # prepare rewrites InstanceNormalization with onnx's helpers
 PROPERTIES = "openvino.json"
+QUANTIZATION = SYMMETRIC_INT8  # int8 targets (glueforge/quantize.py): OpenVINO reads the QDQ form TensorRT reads
 # the command line resizes images whose longest side exceeds this (glueforge infer/bench/evaluate --max-size): on two
 # CPU cores ALIKED + LightGlue takes seconds per pair on 12 MP photographs
 DEFAULT_MAX_SIZE = 1024
@@ -53,14 +54,16 @@ class Compile(Strict):
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
 
     def properties(self, precision: str) -> dict[str, Any]:
-        props: dict[str, Any] = {"PERFORMANCE_HINT": self.performance_hint, "INFERENCE_PRECISION_HINT": {"fp32": "f32"}[precision]}
+        props: dict[str, Any] = {"PERFORMANCE_HINT": self.performance_hint, "INFERENCE_PRECISION_HINT": {"fp32": "f32", "int8": "f32"}[precision]}
         if self.num_threads:
             props["INFERENCE_NUM_THREADS"] = self.num_threads
         return props
 
 
 class Target(TargetSpec):
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # int8: the QDQ graph (glueforge/quantize.py), whose convolutions OpenVINO's low-precision transformations run in
+    # INT8; the rest in f32
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "int8")
     runtime: Literal["openvino"]
     compile: Compile = Compile()
 

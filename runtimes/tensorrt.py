@@ -8,13 +8,16 @@ runner uses to finish from the same artifacts. It never writes a placeholder.
 
 - prepare: the pre-build lint against TensorRT's ONNX parser (``lint_rules``), then FP16 the
   weakly typed way: the FP32 graph is kept, the engine is built with the FP16 flag, and the
-  FP32 islands (``glueforge/fp16.py``) are pinned with precision constraints;
+  FP32 islands (``glueforge/fp16.py``) are pinned with precision constraints. ``int8``: the
+  extractor's convolutions arrive with symmetric INT8 Q/DQ (explicit quantization,
+  ``QUANTIZATION``; the fuse step quantizes before prepare), built with ``--int8`` beside
+  ``--fp16`` so that the rest runs in FP16 as above; ``fp8`` is refused at load (``_fp8``);
 - check (fuse stage, on the x86 runner): TensorRT-RTX's parser parses every prepared graph
   and its builder builds it once for an RTX compute capability, a proxy for TensorRT's parser
   that catches unsupported ops and shape problems before a Jetson runner does; the record
   goes into the manifest (``prepared``);
 - engine, two builders written against NVIDIA's documented interfaces:
-  - ``trtexec`` (``builder: trtexec``): ``--fp16``, ``--memPoolSize``, ``--timingCacheFile``,
+  - ``trtexec`` (``builder: trtexec``): ``--fp16`` (and ``--int8``), ``--memPoolSize``, ``--timingCacheFile``,
     ``--minShapes/--optShapes/--maxShapes``, ``--builderOptimizationLevel``,
     ``--profilingVerbosity=detailed``, ``--exportLayerInfo``, ``--skipInference``, and the
     islands pinned with ``--precisionConstraints=obey --layerPrecisions``; its output is
@@ -51,7 +54,7 @@ from typing_extensions import Annotated
 from glueforge import machine
 from glueforge.lint import Rules
 from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable, Incompatible, relative
-from glueforge.schema import BatchProfile, TargetSpec
+from glueforge.schema import SYMMETRIC_INT8, BatchProfile, TargetSpec
 
 log = logging.getLogger(__name__)
 NAME = "tensorrt"
@@ -60,6 +63,10 @@ TOOLS = ("onnx", PROXY_PACKAGE)  # the lint over onnx, and the proxy
 JETSON_TRTEXEC = Path("/usr/src/tensorrt/bin/trtexec")
 # TensorRT's TopK layer accepts K <= 3840 (ITopKLayer, TensorRT 8.x-10.x).
 MAX_TOPK = 3840
+# int8 targets (glueforge/quantize.py): explicit quantization, symmetric INT8 Q/DQ (TensorRT's "Working with Quantized
+# Types"); the rest of the network builds in FP16 with its FP32 islands
+QUANTIZATION = SYMMETRIC_INT8
+FP8_COMPUTE = Version("8.9")  # FP8 tensor cores: Ada (8.9), Hopper (9.0), Blackwell; Orin (8.7) and Ampere have none
 measured_with = "the engine itself, TensorRT on the device"
 
 # onnx-tensorrt docs/operators.md, TensorRT 10.x: operators with "Y".
@@ -81,7 +88,8 @@ Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 
 
 class Target(TargetSpec):
-    precisions: ClassVar[tuple[str, ...]] = ("fp16", "fp32")
+    # fp8 is listed so that it is refused with the reason (``_fp8``), not as an unknown precision
+    precisions: ClassVar[tuple[str, ...]] = ("fp16", "fp32", "int8", "fp8")
     match_output: ClassVar[str] = "dense"  # no data-dependent output shape: no output allocator needed
     max_keypoints: ClassVar[Optional[int]] = MAX_TOPK
     runtime: Literal["tensorrt"]
@@ -102,6 +110,16 @@ class Target(TargetSpec):
         if len(self.compute_capability) != 1:
             raise ValueError("a TensorRT engine is built for one compute capability: give exactly one")
         return self
+
+    @model_validator(mode="after")
+    def _fp8(self) -> "Target":
+        if self.precision != "fp8":
+            return self
+        (compute,) = self.compute_capability
+        if Version(compute) < FP8_COMPUTE:
+            raise ValueError(f"precision fp8 needs FP8 tensor cores, compute capability {FP8_COMPUTE} or newer; "
+                             f"{compute} has none: use int8 or fp16")
+        raise ValueError("precision fp8: glueforge builds no FP8 engines yet; use int8 or fp16")
 
 
 def lint_rules(version: str | None = None) -> Rules:
@@ -136,9 +154,12 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
     for finding in warnings:
         log.warning("lint %s: %s", graph, finding)
     meta: dict[str, Any] = {"lint_warnings": [str(f) for f in warnings], "fp32_layers": []}
-    if target.precision == "fp16":
+    if target.precision in ("fp16", "int8"):
         meta["fp32_layers"] = fp32_islands(model)
         meta["precision"] = "fp32 graph; fp16 builder flag with fp32 precision constraints"
+    if target.precision == "int8":
+        meta["precision"] = ("Q/DQ convolutions in INT8 (explicit quantization); the rest fp16 with fp32 precision "
+                             "constraints: int8 and fp16 builder flags")
     return model, meta
 
 
@@ -376,7 +397,7 @@ def build_with_polygraphy(
 
     logger = capturing_logger(trt)
     network = parse_onnx(trt, onnx_path, logger)
-    fp16 = target.precision == "fp16"
+    fp16 = target.precision in ("fp16", "int8")  # int8: the Q/DQ layers in INT8, the rest FP16
     if fp16 and fp32_layers:
         network = SetLayerPrecisions(network, {name: trt.float32 for name in fp32_layers})
     shapes = profile_shapes(inputs, target.batch, sizes)
@@ -388,6 +409,7 @@ def build_with_polygraphy(
         profiles.append(profile)
     config = CreateConfig(
         fp16=fp16,
+        int8=target.precision == "int8",
         precision_constraints="obey" if fp16 and fp32_layers else None,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: target.workspace_mib << 20} if target.workspace_mib else None,
         profiles=profiles or None,
@@ -433,8 +455,10 @@ def trtexec_command(
     for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
         if shapes:
             cmd.append(f"{flag}=" + ",".join(f"{name}:{_dims(s[index])}" for name, s in shapes.items()))
-    if target.precision == "fp16":
+    if target.precision in ("fp16", "int8"):
         cmd.append("--fp16")
+        if target.precision == "int8":
+            cmd.append("--int8")  # explicit quantization: the Q/DQ convolutions in INT8 (no calibration cache)
         if fp32_layers:
             cmd += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in fp32_layers)]
     return cmd

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.background import SESSION, claim, session_dir
-from tests.project import MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE, clone_project
+from tests.project import (INT8_MODEL, MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE,
+                           clone_project)
 
 # The build chains (below) run beside the tests: three busy processes on two cores. Their idle worker threads
 # sleep instead of spinning (torch's OpenMP, and onnxruntime's sessions: glueforge.machine.passive_wait), so that
@@ -42,11 +43,11 @@ os.environ.setdefault("GLUEFORGE_DOWNLOAD_CACHE", str(REPO / "artifacts" / "down
 
 
 # fixtures that build real bundles: a test that uses one is slow (`pytest -m "not slow"` is the inner loop)
-BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh", "built_for"}
+BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh", "built_for", "int8_built"}
 
 
 # the order in which the build chains (below) finish: a slow test runs after those that need earlier chains
-READY = {"built": 1, "fresh": 1, "openvino_built": 2, "seeded": 2, "fused": 3, "rtx_built": 4}
+READY = {"built": 1, "fresh": 1, "openvino_built": 2, "seeded": 2, "int8_built": 2, "fused": 3, "rtx_built": 4}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,6 +84,7 @@ def pytest_collection_modifyitems(config, items):
 #        rtx and rtx_2060 builds
 #          -> [after R's fused graphs] orin_nano, agx_orin (clone O)
 #     -> [after A's build] openvino (clone V: hard links of A's artifacts, its cpu bundles included)
+#     -> [after A's graphs and references] int8 (clone I): INT8 bundles of one model, and orin_nano_int8's ONNX stages
 #   seeded (a project of its own)
 # (a checkout runs one build at a time: the chains after cpu build in clones of their own, so that they run beside
 # each other, and beside the tests that run doit in clone A). A chain that builds on another's first steps starts
@@ -90,7 +92,7 @@ def pytest_collection_modifyitems(config, items):
 CHAINS: dict = {}  # name -> this process's Chain, or the RemoteChain another worker runs
 WANTED: set[str] = set()  # the chains this session's tests need (and those started for them)
 NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused", "built_for"}, "openvino": {"openvino_built", "built_for"},
-         "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}}
+         "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}, "int8": {"int8_built"}}
 
 
 def pytest_configure(config):
@@ -231,6 +233,24 @@ def orin_chain(root: Path):
     return steps
 
 
+def int8_chain(root: Path):
+    """Clone I, from clone A's graphs and references: the INT8 bundles of INT8_MODEL (the cheapest real model) for
+    cpu_int8 and openvino_int8, then orin_nano_int8's ONNX stages (its quantized graphs and their parser proxy
+    check; tests/test_int8.py)."""
+    def steps(doit_in, mark):
+        project = clone_project(root / "project", artifacts_from=start("cpu").milestone("graphs"))
+        for target in ("cpu_int8", "openvino_int8"):
+            proc, executed, _ = doit_in(project, "build", f"target={target}", f"model={INT8_MODEL}")
+            _log(project, target, proc)
+            _check(proc, executed, {f"{stage}:{target}:{INT8_MODEL}" for stage in ("fuse", "engine", "validate", "bundle")})
+        proc, executed, _ = doit_in(project, "fuse", "target=orin_nano_int8", f"model={INT8_MODEL}")
+        _log(project, "orin_nano_int8", proc)
+        _check(proc, executed, {f"fuse:orin_nano_int8:{INT8_MODEL}"})
+        return project
+
+    return steps
+
+
 def seeded_chain(root: Path):
     """The seeded project's builds (tests/test_seeded_models.py): cpu, openvino and rtx bundles of the four models
     whose real weights are unreachable here, on seeded weights (tests/seeded.py), then orin_nano's ONNX stages."""
@@ -248,7 +268,8 @@ def seeded_chain(root: Path):
     return steps
 
 
-CHAIN_STEPS = {"cpu": cpu_chain, "openvino": openvino_chain, "rtx": rtx_chain, "orin": orin_chain, "seeded": seeded_chain}
+CHAIN_STEPS = {"cpu": cpu_chain, "openvino": openvino_chain, "rtx": rtx_chain, "orin": orin_chain, "seeded": seeded_chain,
+               "int8": int8_chain}
 
 
 @pytest.fixture(scope="session")
@@ -281,6 +302,12 @@ def fused(built) -> Path:
     """Clone O after orin_nano's build (stopped at its engine) and agx_orin's ONNX stages (it starts once the rtx
     chain has fused its graphs, not after its engines)."""
     return start("orin").result()
+
+
+@pytest.fixture(scope="session")
+def int8_built(built) -> Path:
+    """Clone I after its INT8 builds (tests/test_int8.py)."""
+    return start("int8").result()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ No builds: the keys are computed from models.yaml alone.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -31,7 +32,9 @@ TARGET_STAGES = ("fuse", "engine", "validate", "benchmark", "bundle")
 GRAPH_STAGES = ("export", "interface", "reference")
 # values to try, by field name, where adding to a number or a letter to a string is not a valid change
 ALTERNATIVES: dict[str, list[Any]] = {
-    "precision": ["fp16", "fp32"], "builder": ["python", "trtexec"], "stat": ["max", "mean"],
+    "precision": ["fp16", "fp32", "int8"], "method": ["entropy"],
+    # calibration images: a real directory of images (scikit-image's), another set than the default one
+    "images": [str(Path(__import__("skimage").__file__).parent / "data")], "builder": ["python", "trtexec"], "stat": ["max", "mean"],
     "compute_capability": [["7.5"], ["8.6"]], "graph_optimization_level": ["ORT_ENABLE_BASIC", "ORT_DISABLE_ALL"],
     "performance_hint": ["THROUGHPUT"], "providers": [["CPUExecutionProvider", "CPUExecutionProvider"]],
     "execution_mode": ["ORT_PARALLEL"], "graphs": [["extractor"]], "version": ["9.9.9"], "weights": ["aliked_n32", "disk_lightglue"],
@@ -41,7 +44,7 @@ ALTERNATIVES: dict[str, list[Any]] = {
 WHOLE = {"batch"}  # fields whose parts cannot change one at a time
 FIXED = {"runtime", "family", "features", "variant"}  # discriminators and shape-changing choices: other specs, not other values
 # fields with one valid value on their runtime: fp32 only, the CPU device only
-SINGLE = {"targets.cpu.precision", "targets.openvino.precision", "targets.openvino.compile.device"}
+SINGLE = {"targets.openvino.compile.device"}
 # model field (dotted path under the model) -> the steps that read it: graph steps per graph ("export/extractor")
 MODEL_READERS = {
     "version": {"validate", "benchmark", "bundle"},
@@ -160,7 +163,7 @@ def _walk(base, model: str, target: str, root: tuple[str, ...], readers_of) -> i
     return walked
 
 
-@pytest.mark.parametrize("target", ["cpu", "openvino", "orin_nano", "agx_orin", "rtx"])
+@pytest.mark.parametrize("target", ["cpu", "openvino", "orin_nano", "agx_orin", "rtx", "cpu_int8", "orin_nano_int8"])
 def test_each_target_field_rekeys_exactly_the_steps_that_read_it(base, target):
     spec = base[1].target(target)
 

@@ -91,7 +91,7 @@ def test_fp16_openvino_target_is_refused_when_models_yaml_loads(tmp_path):
     data["targets"]["openvino"]["precision"] = "fp16"
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match=r"targets\.openvino: runtime .openvino. builds precision fp32, not .fp16."):
+    with pytest.raises(ConfigError, match=r"targets\.openvino: runtime .openvino. builds precision fp32 or int8, not .fp16."):
         Config.load(path)
 
 
