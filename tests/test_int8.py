@@ -38,7 +38,7 @@ def test_an_int8_bundle_is_validated_and_says_how_it_was_quantized(int8_built, t
     assert "int8" not in manifest["prepared"]["matcher"]  # the matcher stays float
     if target == "cpu_int8":  # the graph itself carries the integer convolutions
         graph = onnx.load(str(bundle / "extractor.onnx"))
-        assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
+        assert sum(n.op_type == "QuantizeLinear" for n in graph.graph.node) > 10
     report = (bundle / "report.html").read_text()
     assert "INT8: extractor" in report and "INT8 extractor against FP32" in report
 
