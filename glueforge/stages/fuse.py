@@ -14,11 +14,11 @@ share the fused graphs, and a target whose batch profile differs (agx_orin) gets
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-import importlib
 from typing import TYPE_CHECKING, Any, Mapping
 
 from glueforge import registry
