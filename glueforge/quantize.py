@@ -24,6 +24,7 @@ stays at the target's float precision: only ``Conv`` nodes are quantized, and th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tempfile
@@ -158,7 +159,7 @@ def quantize(model, calibration_feeds: Sequence[Mapping[str, np.ndarray]], recip
                "percentile": CalibrationMethod.Percentile}
     activation = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[recipe.activations]
     float_heads = head_convolutions(model) if recipe.outputs else []
-    with tempfile.TemporaryDirectory(prefix="glueforge-quantize-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="glueforge-quantize-") as tmp, _quiet_quantizer():
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(source))
         quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
@@ -178,6 +179,29 @@ def quantize(model, calibration_feeds: Sequence[Mapping[str, np.ndarray]], recip
         raise GlueforgeError(f"quantization left all {convs} convolutions in float (float heads: {float_heads})")
     return quantized, {"recipe": recipe.describe(), "method": method, "calibration_calls": len(calibration_feeds),
                        "convolutions": convs, "quantized_convolutions": integer, "float_convolutions": float_heads}
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """The quantizer (onnxruntime.quantization) advises its own pre-processing on the root logger at WARNING, twice
+    per graph (our graphs are simplified and shape-inferred already): those lines go to DEBUG, the rest passes."""
+    class Advice(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if "pre-process" in record.getMessage():
+                log.debug("onnxruntime.quantization: %s", record.getMessage().strip())
+                return False
+            return True
+
+    advice = Advice()
+    root = logging.getLogger()
+    handlers = [root, *root.handlers]
+    for h in handlers:
+        h.addFilter(advice)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(advice)
 
 
 def head_convolutions(model) -> list[str]:

@@ -157,7 +157,7 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
     if target.precision in ("fp16", "int8"):
         meta["fp32_layers"] = fp32_islands(model)
         meta["precision"] = "fp32 graph; fp16 builder flag with fp32 precision constraints"
-    if target.precision == "int8":
+    if target.precision == "int8" and any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         meta["precision"] = ("Q/DQ convolutions in INT8 (explicit quantization); the rest fp16 with fp32 precision "
                              "constraints: int8 and fp16 builder flags")
     return model, meta

@@ -80,7 +80,13 @@ def test_manifests_hold_the_build_machines_benchmark(built_for, target):
         assert bench["status"] == "measured" and bench["machine"]["processor"], model
         assert {r["graph"] for r in bench["rows"]} == set(manifest["graphs"]), model
         assert all(r["p50_ms"] > 0 for r in bench["rows"])
-        assert bench["floor"]["gflops"] > 1 and all(r["x_floor"] > 1 for r in bench["rows"]), model
+        assert bench["floor"]["gflops"] > 1, model
+        for r in bench["rows"]:
+            # x floor: the row's p50 over its FLOPs' time at the rate measured in the same run. Not held above 1 here:
+            # the build runs beside the suite's other builds, so rate and latency are measured under different loads
+            # (a DISK build measured 85 GFLOP/s, a quarter of this machine's rate); the speed guard measures both alone
+            expected = r["p50_ms"] / (r["gflop"] / bench["floor"]["gflops"] * 1000)
+            assert r["x_floor"] == pytest.approx(expected, rel=0.02, abs=0.01) and r["x_floor"] > 0, (model, r["graph"])
         for graph, spec in manifest["graphs"].items():  # counted at export, per image or pair, at the trace size
             flops = spec["flops"]
             assert flops["count"] > 1e8 and flops["per"] == ("image" if graph == "extractor" else "pair"), (model, graph)

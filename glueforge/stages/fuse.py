@@ -58,8 +58,12 @@ class Fuse(Stage):
         target = job.target_spec.view("fuse")
         if not target.quantized:
             return FuseView(tuple(job.graphs), target)
-        return FuseView(tuple(job.graphs), target, _quantize().calibration_set(target.calibration, services.root),
-                        job.spec.extractor.colour)
+        quantize = _quantize()
+        try:
+            calibration = quantize.calibration_set(target.calibration, services.root)
+        except quantize.CalibrationError as e:
+            raise quantize.CalibrationError(f"{job.config.where}: target {job.target!r}: {e}") from None
+        return FuseView(tuple(job.graphs), target, calibration, job.spec.extractor.colour)
 
     def tools(self, job: Job) -> dict[str, Any]:
         return {**tool_versions(*job.runtime.TOOLS), **(_quantize().tool_versions() if job.target_spec.quantized else {})}
