@@ -10,8 +10,8 @@ stays at the target's float precision: only ``Conv`` nodes are quantized, and th
   per output channel; biases stay float (TensorRT quantizes no bias).
 - **Activations** follow the runtime module's :class:`Recipe` (its ``QUANTIZATION``): symmetric
   INT8, the form TensorRT's explicit quantization reads and OpenVINO runs; or, for onnxruntime's
-  CPU provider, asymmetric UINT8, whose U8S8 kernels are the fast ones on x86 (onnxruntime's
-  quantization guide; measured here, DISK's extractor: 0.62x FP32 with UINT8, 1.1x with INT8).
+  CPU provider, asymmetric UINT8 with the convolutions' outputs quantized too (its U8S8 integer
+  convolutions, onnxruntime's quantization guide), the head convolutions left float.
 - **Calibration** (:class:`CalibrationSet`): the target's ``calibration.images`` directory, or the
   default set: twelve of scikit-image's photographs and textures (camera, brick, grass, gravel,
   coins, moon, page, clock_motion, hubble_deep_field, ihc, retina, text), none of which a
@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from glueforge import GlueforgeError
+from glueforge.files import sha256_file
 from glueforge.schema import Calibration, Recipe
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ class CalibrationSet:
 
     source: str  # DEFAULT_SOURCE, or the configured directory as written
     files: tuple[tuple[str, str], ...]  # (name, sha256), sorted by name
-    method: str
 
     @property
     def digest(self) -> str:
@@ -89,10 +89,6 @@ def _directory(source: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def calibration_set(spec: Calibration, root: Path) -> CalibrationSet:
     """The files of the target's calibration (``spec``): its directory's images, the first ``count`` by name, or the
     default set. A directory that is missing or holds no image raises :class:`CalibrationError` naming it."""
@@ -107,7 +103,7 @@ def calibration_set(spec: Calibration, root: Path) -> CalibrationSet:
         if not names:
             raise CalibrationError(f"calibration.images: {spec.images!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
         names = names[: spec.count]
-    return CalibrationSet(source, tuple((n, _sha256(directory / n)) for n in sorted(names)), spec.method)
+    return CalibrationSet(source, tuple((n, sha256_file(directory / n)) for n in sorted(names)))
 
 
 def load_images(calibration: CalibrationSet, root: Path, size_hw: Sequence[int], colour: str) -> list[np.ndarray]:
@@ -119,7 +115,7 @@ def load_images(calibration: CalibrationSet, root: Path, size_hw: Sequence[int],
     images = []
     for name, digest in calibration.files:
         path = directory / name
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             raise CalibrationError(f"calibration image {path} changed or vanished since the build was planned "
                                    "(its sha256 is part of the step's key): run the build again")
         images.append(load(path, size_hw, colour))

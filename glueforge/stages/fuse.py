@@ -82,7 +82,7 @@ class Fuse(Stage):
                 log.info("quantize %s for %s: calibrating on %d images", graph, label, len(calibration))
                 q = _quantize()
                 model, quantized = q.quantize(model, q.feeds(io["graphs"][graph]["inputs"], calibration),
-                                              runtime.QUANTIZATION, view.calibration.method)
+                                              runtime.QUANTIZATION, view.target.calibration.method)
             prepared, meta[graph] = runtime.prepare(model, graph, view.target)
             if quantized is not None:
                 meta[graph]["int8"] = {**quantized, "calibration": _record(view.calibration)}
