@@ -34,7 +34,7 @@ import glueforge
 from glueforge.api import load_image
 from glueforge.bench import feed
 from glueforge.config import Config
-from glueforge.homography import bundle_matcher, evaluate, make_warps, matched_points
+from glueforge.homography import bundle_matcher, evaluate, make_warps, matched_points, shrunk
 from glueforge.log import configure_logging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,18 +52,6 @@ def extractor_agreement(fp32, int8, images) -> tuple[float, float]:
         shares.append(float(mutual.mean()))
         cosines.extend((a.descriptors[mutual] * b.descriptors[nearest[mutual]]).sum(-1).tolist())
     return float(np.mean(shares)), float(np.mean(cosines))
-
-
-def shrunk(image: np.ndarray, longest: int) -> np.ndarray:
-    """``image`` resized (bilinear) so that its longest side is at most ``longest``: the warps, and so AUC's pixels, are
-    at the size the bundles run at."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    scale = longest / max(h, w)
-    if scale >= 1:
-        return image
-    return np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
 
 
 def latency(bundles, images, repeats: int) -> list[float]:

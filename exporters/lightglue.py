@@ -1,7 +1,9 @@
-"""LightGlue (Lindenberger et al. 2023) and LighterGlue through kornia's port, at fixed depth.
+"""LightGlue (Lindenberger et al. 2023) and LighterGlue through kornia's port, at fixed depth, and layer by layer.
 
-Early stopping and point pruning are off (``depth_confidence = width_confidence = -1``):
-all ``n_layers`` layers run, which is what makes a static graph possible. The architecture
+Early stopping and point pruning are off in the graphs (``depth_confidence = width_confidence = -1``):
+all ``n_layers`` layers run, which is what makes a static graph possible. With ``depth_confidence``
+set, the matcher is also exported one layer per graph, with each layer's exit, and the host stops
+early by LightGlue's rule (``glueforge.depth``); point pruning stays off (it changes shapes). The architecture
 (descriptor sizes, heads, depth, scale/orientation inputs) of each released checkpoint is in
 ``ARCHITECTURES``, keyed as kornia's ``LightGlue.features`` and LightGlue-ONNX's config are.
 
@@ -19,6 +21,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 from typing_extensions import Annotated
 
+from glueforge.depth import ExitRule
 from glueforge.schema import MatcherSpec
 
 # released checkpoint -> its architecture (kornia.feature.LightGlue.features)
@@ -37,6 +40,9 @@ class Spec(MatcherSpec):
     features: Literal["superpoint", "disk", "aliked", "sift", "xfeat"]  # the checkpoint's architecture
     n_layers: Optional[Annotated[int, Field(ge=1, le=9)]] = None  # default: all the checkpoint's layers
     filter_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    # adaptive depth (glueforge.depth): stop once this share of the points is confident; None: fixed depth. Upstream's
+    # default is 0.95; kornia's -1 (off) is written here as leaving it out
+    depth_confidence: Optional[Annotated[float, Field(gt=0.0, lt=1.0)]] = None
 
     @model_validator(mode="after")
     def _depth(self) -> "Spec":
@@ -57,6 +63,17 @@ class Spec(MatcherSpec):
     @property
     def layers(self) -> int:
         return self.n_layers or ARCHITECTURES[self.features]["n_layers"]
+
+    @property
+    def state_dim(self) -> int:
+        return ARCHITECTURES[self.features]["descriptor_dim"]
+
+    @property
+    def exit_rule(self) -> Optional[ExitRule]:
+        return ExitRule.lightglue(self.depth_confidence, self.layers) if self.depth_confidence is not None else None
+
+    def at_fixed_depth(self) -> "Spec":
+        return self.model_copy(update={"depth_confidence": None})
 
 
 def _kornia(spec: Spec, weights: Path):

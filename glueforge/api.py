@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from glueforge import registry
+from glueforge.depth import ExitRule, Policy, run as run_steps
 from glueforge.runtime import GraphRunner
 from glueforge.verify import BundleError, verify_bundle  # BundleError: a bundle that cannot open, or a call it cannot serve
 
@@ -58,10 +59,12 @@ class Features:
 
 @dataclass
 class Matches:
-    """``matches`` (S, 2) int64: index in features0, index in features1; ``scores`` (S,) float32."""
+    """``matches`` (S, 2) int64: index in features0, index in features1; ``scores`` (S,) float32; ``layers`` the matcher
+    layers that ran (fewer than all where adaptive depth stopped early; None where the end2end graph matched)."""
 
     matches: np.ndarray
     scores: np.ndarray
+    layers: int | None = None
 
     def __len__(self) -> int:
         return len(self.matches)
@@ -75,6 +78,7 @@ class Pair:
     features1: Features
     matches: np.ndarray
     scores: np.ndarray
+    layers: int | None = None  # as Matches.layers
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """The matched keypoints, (S, 2) each, in the caller's pixels."""
@@ -226,7 +230,7 @@ def run_spec(io: Mapping[str, Any], runtime: Mapping[str, Any], extractor: Any, 
             return None
         facts = ({"colour": spec.colour, "channels": spec.channels, "divisor": spec.divisor, "host": spec.host,
                   "dense": spec.dense, "descriptor_dim": spec.descriptor_dim, "keypoint_features": list(spec.keypoint_features)}
-                 if role == "extractor" else {"keypoint_inputs": list(spec.keypoint_inputs)})
+                 if role == "extractor" else {"keypoint_inputs": list(spec.keypoint_inputs), "depth": spec.depth_policy()})
         return {"family": spec.family, **facts, "config": spec.model_dump(mode="json")}
 
     return {
@@ -323,6 +327,10 @@ class Bundle:
         self.colour: str = x["colour"]
         self.divisor = int(x["divisor"])
         self._keypoint_inputs = list(m["keypoint_inputs"]) if m else []
+        depth = (m or {}).get("depth") or {}
+        self.exit_rule = ExitRule.from_dict(depth) if depth.get("policy") == Policy.ADAPTIVE.value else None
+        # the policy match and match_pair use: adaptive where the bundle has the step graphs (glueforge.depth)
+        self.depth = Policy.ADAPTIVE if self.exit_rule is not None else Policy.FIXED
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -459,22 +467,47 @@ class Bundle:
                 feed[name][i, :n] = f.extra[name]
         return feed
 
-    def match(self, features0: Features, features1: Features) -> Matches:
-        """Match two images' features (from :meth:`extract`) with the matcher graph."""
-        matches, scores = pair_matches(self.run("matcher", self.matcher_feed(features0, features1)), 0)
+    @property
+    def matcher_layers(self) -> int | None:
+        """The layers of the fixed-depth ``matcher`` graph (None: a manifest that does not say)."""
+        depth = (self.manifest.get("matcher") or {}).get("depth") or {}
+        return int(depth["layers"]) if "layers" in depth else None
+
+    def _policy(self, depth: Policy | str | None) -> Policy:
+        try:
+            policy = Policy(depth) if depth is not None else self.depth
+        except ValueError:
+            raise BundleError(f"depth={depth!r}: give {' or '.join(repr(p.value) for p in Policy)}") from None
+        if policy is Policy.ADAPTIVE and self.exit_rule is None:
+            raise BundleError(f"{self}: its matcher was built at fixed depth (no depth_confidence): depth='adaptive' "
+                              "needs the matcher's step graphs")
+        return policy
+
+    def match(self, features0: Features, features1: Features, depth: Policy | str | None = None) -> Matches:
+        """Match two images' features (from :meth:`extract`): with the ``matcher`` graph (``depth="fixed"``), or layer
+        by layer until the manifest's exit rule stops (``"adaptive"``; ``glueforge.depth``). Default: the bundle's
+        policy, adaptive where it was built with ``depth_confidence``."""
+        feed = self.matcher_feed(features0, features1)
+        if self._policy(depth) is Policy.ADAPTIVE:
+            outcome = run_steps(self.exit_rule, self.run, feed)
+            outputs, layers = outcome.outputs, outcome.layers
+        else:
+            outputs, layers = self.run("matcher", feed), self.matcher_layers
+        matches, scores = pair_matches(outputs, 0)
         padded = (matches[:, 0] >= len(features0)) | (matches[:, 1] >= len(features1))
         if padded.any():
             raise BundleError(f"{self}: the matcher matched {int(padded.sum())} padded keypoint slots; the engine is "
                               "broken (padded slots must never match)")
-        return Matches(matches, scores)
+        return Matches(matches, scores, layers)
 
-    def match_pair(self, image0: Any, image1: Any) -> Pair:
-        """Features of both images and their matches: the ``end2end`` graph where the bundle has one
-        and both images take the same graph size, else ``extract`` then ``match``."""
+    def match_pair(self, image0: Any, image1: Any, depth: Policy | str | None = None) -> Pair:
+        """Features of both images and their matches: the ``end2end`` graph (fixed depth) where the bundle has one, both
+        images take the same graph size and the depth policy is fixed, else ``extract`` then ``match``."""
         if not self.has_matcher:
             raise BundleError(f"{self}: an extractor-only model has no matcher")
         a, b = as_image(image0, "image0"), as_image(image1, "image1")
-        if "end2end" in self.graphs:
+        policy = self._policy(depth)
+        if "end2end" in self.graphs and policy is Policy.FIXED:
             fits = [self.fit(a.shape[:2], "end2end"), self.fit(b.shape[:2], "end2end")]
             if fits[0].graph == fits[1].graph:
                 batch = np.stack([preprocess(a, self.colour, fits[0]), preprocess(b, self.colour, fits[1])])
@@ -492,5 +525,5 @@ class Bundle:
                 keep = (i0 >= 0) & (i1 >= 0)  # a keypoint in the zero padding is dropped with its matches
                 return Pair(f0, f1, np.stack([i0[keep], i1[keep]], axis=1).astype(np.int64), scores[keep])
         f0, f1 = self.extract([a, b])
-        found = self.match(f0, f1)
-        return Pair(f0, f1, found.matches, found.scores)
+        found = self.match(f0, f1, policy)
+        return Pair(f0, f1, found.matches, found.scores, found.layers)

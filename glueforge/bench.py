@@ -23,12 +23,13 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from glueforge import GlueforgeError, floor, machine
 from glueforge.api import Bundle, Features, load_image, preprocess
+from glueforge.depth import parse_step, run as run_steps
 
 log = logging.getLogger(__name__)
 SAMPLE = "sample.npz"
@@ -57,6 +58,7 @@ class Row:
     stopped: str
     gflop: float | None = None  # the call's arithmetic (glueforge.floor), where counted at this size
     x_floor: float | None = None  # p50 over the time of gflop at the runtime's matrix-multiply rate, measured in the run
+    layers: float | None = None  # the matcher layers that ran per pair (adaptive depth: glueforge.depth), mean over runs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,10 +204,12 @@ def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence
           budget: Budget = Budget(), images: Sequence[np.ndarray] | None = None,
           rate: dict[str, Any] | None = None) -> list[Row]:
     """One row per graph and batch (pairs for ``end2end`` and ``matcher``, images for ``extractor``); with ``rate``
-    (:func:`floor_rate`), each row's x floor."""
+    (:func:`floor_rate`), each row's x floor. An adaptive-depth bundle's matcher gets a second row, run layer by layer
+    through its step graphs as the runtime API runs it, with the layers that ran (the step graphs have no row of their
+    own: they run only in that loop)."""
     images = list(images) if images is not None else sample_images(bundle)
-    chosen = list(graphs) if graphs else bundle.graphs
-    unknown = [g for g in chosen if g not in bundle.graphs]
+    chosen = list(graphs) if graphs else [g for g in bundle.graphs if parse_step(g) is None]
+    unknown = [g for g in chosen if g not in bundle.graphs or parse_step(g) is not None]
     if unknown:
         raise BenchError(f"{bundle}: has no graph {', '.join(unknown)}; its graphs: {', '.join(bundle.graphs)}")
     rows = []
@@ -224,7 +228,23 @@ def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence
             log.info("bench %s, batch %d %s at %s", graph, batch, unit, size)
             row = _measure(graph, batch, unit, size, batch, lambda: runner.infer(inputs), budget, runner.device_memory)
             rows.append(with_floor(row, bundle.manifest["graphs"][graph], rate))
+            if graph == "matcher" and bundle.exit_rule is not None:
+                rows.append(_adaptive(bundle, inputs, batch, size, budget))
     return rows
+
+
+def _adaptive(bundle: Bundle, inputs: Mapping[str, np.ndarray], batch: int, size: str, budget: Budget) -> Row:
+    """The matcher run layer by layer until the exit rule stops (``glueforge.depth``), on the matcher row's inputs."""
+    layers: list[int] = []
+
+    def call() -> None:
+        layers.append(run_steps(bundle.exit_rule, bundle.run, inputs).layers)
+
+    log.info("bench matcher adaptive, batch %d pairs at %s", batch, size)
+    row = _measure(f"matcher adaptive (of {bundle.exit_rule.layers} layers)", batch, "pairs", size, batch, call, budget,
+                   bundle.device_memory)
+    row.layers = round(float(np.mean(layers[-row.runs:])), 2)
+    return row
 
 
 def sequence(bundle: Bundle, frames: Sequence[Path], budget: Budget = Budget()) -> list[Row]:
@@ -237,13 +257,14 @@ def sequence(bundle: Bundle, frames: Sequence[Path], budget: Budget = Budget()) 
     images = [load_image(p) for p in frames]
     state: dict[str, Any] = {"i": 0, "previous": bundle.extract(images[0])[0]}
     phases: dict[str, list[float]] = {"extract": [], "match": []}
+    layers: list[int | None] = []
 
     def step() -> None:
         state["i"] += 1
         t0 = time.perf_counter()
         current: Features = bundle.extract(images[state["i"] % len(images)])[0]
         t1 = time.perf_counter()
-        bundle.match(state["previous"], current)
+        layers.append(bundle.match(state["previous"], current).layers)
         t2 = time.perf_counter()
         phases["extract"].append((t1 - t0) * 1000.0)
         phases["match"].append((t2 - t1) * 1000.0)
@@ -255,6 +276,8 @@ def sequence(bundle: Bundle, frames: Sequence[Path], budget: Budget = Budget()) 
     for phase, latencies in phases.items():
         timed = latencies[-rows[0].runs:]
         rows.append(_row(f"  of which {phase}", 1, "frames", size, 1, timed, rows[0].stopped, None, None, False))
+    if bundle.exit_rule is not None:  # adaptive depth: the layers each frame's match ran
+        rows[0].layers = rows[-1].layers = round(float(np.mean(layers[-rows[0].runs:])), 2)
     pair = {"i": 0}
 
     def pair_step() -> None:
@@ -268,13 +291,14 @@ def sequence(bundle: Bundle, frames: Sequence[Path], budget: Budget = Budget()) 
 def table(rows: Sequence[Row]) -> str:
     """The rows as a fixed-width table."""
     header = ("graph", "batch", "unit", "image WxH", "runs", "p50 ms", "p90 ms", "p99 ms", "per s", "GFLOP", "x floor",
-              "peak RSS MiB", "device MiB", "stopped")
+              "layers", "peak RSS MiB", "device MiB", "stopped")
     body = [(r.graph, str(r.batch), r.unit, r.size, str(r.runs), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
              f"{r.per_second:.2f}", "-" if r.gflop is None else f"{r.gflop:.2f}", "-" if r.x_floor is None else f"{r.x_floor:.1f}",
+             "-" if r.layers is None else f"{r.layers:g}",
              "-" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}",
              "-" if r.device_mib is None else f"{r.device_mib:.1f}", r.stopped) for r in rows]
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-    fmt = lambda line: "  ".join(c.ljust(w) if i in (0, 2, 3, 13) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    fmt = lambda line: "  ".join(c.ljust(w) if i in (0, 2, 3, 14) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
     return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])
 
 

@@ -36,6 +36,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from glueforge import GlueforgeError, names, registry
+from glueforge.depth import parse_step, step_graphs
 from glueforge.schema import ExtractorSpec, MatcherSpec, Strict, TargetSpec, missing_keypoint_inputs
 
 
@@ -233,8 +234,11 @@ def project_schema() -> type[BaseModel]:
 
         @property
         def graphs(self) -> list[str]:
-            """The graphs built: ``export.graphs``, else every graph this extractor and matcher make."""
-            return list(self.export.graphs or available_graphs(self.extractor, self.matcher))
+            """The graphs built: ``export.graphs``, else every graph this extractor and matcher make; with the matcher's
+            graph, its step graphs where it has an exit rule (adaptive depth, ``glueforge.depth``)."""
+            graphs = list(self.export.graphs or available_graphs(self.extractor, self.matcher))
+            rule = self.matcher.exit_rule if self.matcher is not None else None
+            return graphs + (step_graphs(rule.layers) if rule is not None and "matcher" in graphs else [])
 
         @model_validator(mode="after")
         def _fits(self) -> "Model":
@@ -327,10 +331,16 @@ class ExportSettings:
     def for_graph(self, graph: str) -> "ExportSettings":
         """What tracing ``graph`` reads: no model name (a label, not an input), no validated or profile sizes
         (H and W are dynamic; the trace runs at ``image_size``), and for the extractor graph no matcher and no
-        match output form. Equal views trace equal graphs, whichever model or target asks."""
+        match output form (nor for an adaptive-depth layer graph, which returns no matches); the fixed-depth graphs
+        of a matcher with an exit rule are traced without it, as the same model's without adaptive depth are. Equal views trace equal graphs, whichever model or target asks."""
         alone = graph == "extractor"
+        step = parse_step(graph)
+        matcher = self.matcher
+        if matcher is not None and step is None and matcher.exit_rule is not None:  # the fixed-depth graphs ignore the rule
+            matcher = matcher.at_fixed_depth()
+        layer = step is not None and step[0] == "layer"  # a layer returns no matches: the match form is not its concern
         return dataclasses.replace(self, model="", graphs=[graph], sizes={}, validate_sizes=(),
-                                   matcher=None if alone else self.matcher, match_output="" if alone else self.match_output)
+                                   matcher=None if alone else matcher, match_output="" if alone or layer else self.match_output)
 
     def for_reference(self) -> "ExportSettings":
         """What the reference step reads: golden outputs are recorded in the dense match form (validation derives

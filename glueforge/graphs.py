@@ -24,6 +24,11 @@ Families may add per-keypoint features (N, K) after the descriptors: the extract
 for LightGlue). The matcher module is called with ``(keypoints0, keypoints1, descriptors0,
 descriptors1, feature0, feature1, ...)``, one pair per keypoint input.
 
+A matcher with an exit rule (adaptive depth) also has its step graphs, ``matcher_layer<i>`` and
+``matcher_exit<i>`` (``glueforge.depth`` names them and runs them): its module provides
+``layer(index, states0, states1, kpts0, kpts1, size0, size1, *features)`` and
+``assign(index, states0, states1, kpts0, kpts1)`` (:class:`SteppedMatcher`).
+
 TensorRT targets take the dense match outputs instead (``match_output: dense``):
 ``matches0`` int64 (B, K), the index in image 1 of each keypoint of image 0 or -1, and
 ``mscores0`` float32 (B, K). No tensor then has a data-dependent shape: TensorRT-RTX has no
@@ -32,15 +37,17 @@ NonZero at all, and TensorRT needs an output allocator for one.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from glueforge import registry
+from glueforge.depth import NEXT_STATES, STATES, parse_step, step_graphs
 
 GRAPHS = ("end2end", "extractor", "matcher")
 
@@ -88,6 +95,52 @@ class MatcherGraph(nn.Module):
         return dense_to_matches(matches0, mscores0)
 
 
+class SteppedMatcher(Protocol):
+    """A matcher module that runs layer by layer (adaptive depth); tensors are per image of each pair, (B, K, ...)."""
+
+    def layer(self, index: int, states0: torch.Tensor, states1: torch.Tensor, kpts0: torch.Tensor, kpts1: torch.Tensor,
+              size0: torch.Tensor, size1: torch.Tensor, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """-> states0, states1 (B, K, D) and, but after the last layer, confidences0, confidences1 (B, K)."""
+
+    def assign(self, index: int, states0: torch.Tensor, states1: torch.Tensor, kpts0: torch.Tensor,
+               kpts1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> matches0 (B, K) int64, mscores0 (B, K): the exit after layer ``index``."""
+
+
+def interleave(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Image 0's and image 1's (B, K, ...) tensors as one (2B, K, ...) batch, each pair's images adjacent."""
+    return torch.stack([first, second], dim=1).reshape(-1, *first.shape[1:])
+
+
+class LayerGraph(nn.Module):
+    """``matcher_layer<index>``: keypoints (2B, K, 2), states (2B, K, D) (layer 0: descriptors (2B, K, Din)), image_sizes
+    (2B, 2), keypoint inputs (2B, K) -> states (2B, K, D), confidences (2B, K) (none after the last layer)."""
+
+    def __init__(self, matcher: SteppedMatcher, index: int) -> None:
+        super().__init__()
+        self.matcher, self.index = matcher, index
+
+    def forward(self, keypoints: torch.Tensor, states: torch.Tensor, image_sizes: torch.Tensor,
+                *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pairs = [half for f in features for half in (f[0::2], f[1::2])]
+        out = self.matcher.layer(self.index, states[0::2], states[1::2], keypoints[0::2], keypoints[1::2],
+                                 image_sizes[0::2], image_sizes[1::2], *pairs)
+        return tuple(interleave(out[i], out[i + 1]) for i in range(0, len(out), 2))
+
+
+class ExitGraph(nn.Module):
+    """``matcher_exit<index>``: keypoints (2B, K, 2), states (2B, K, D) after layer ``index`` -> the matcher graph's
+    match outputs."""
+
+    def __init__(self, matcher: SteppedMatcher, index: int, dense: bool = False) -> None:
+        super().__init__()
+        self.matcher, self.index, self.dense = matcher, index, dense
+
+    def forward(self, keypoints: torch.Tensor, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        matches0, mscores0 = self.matcher.assign(self.index, states[0::2], states[1::2], keypoints[0::2], keypoints[1::2])
+        return (matches0, mscores0) if self.dense else dense_to_matches(matches0, mscores0)
+
+
 class EndToEndGraph(nn.Module):
     def __init__(self, extractor: nn.Module, matcher: nn.Module, dense: bool = False, feature_index: tuple[int, ...] = ()) -> None:
         super().__init__()
@@ -126,10 +179,20 @@ def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[
         return [images], [keypoints_pairs, *matches]
     if name == "extractor":
         return [images], [TensorSpec(*output) for output in spec.extractor.extractor_outputs(k)]
+    features = [TensorSpec(f, "float32", ("2B", k)) for f in spec.matcher.keypoint_inputs] if spec.matcher else []
+    descriptors = TensorSpec("descriptors", "float32", ("2B", k, descriptor_dim))
+    sizes = TensorSpec("image_sizes", "float32", ("2B", 2))
     if name == "matcher":
-        features = [TensorSpec(f, "float32", ("2B", k)) for f in spec.matcher.keypoint_inputs]
-        return [keypoints_pairs, TensorSpec("descriptors", "float32", ("2B", k, descriptor_dim)),
-                TensorSpec("image_sizes", "float32", ("2B", 2)), *features], matches
+        return [keypoints_pairs, descriptors, sizes, *features], matches
+    step = parse_step(name)
+    if step is not None and spec.matcher is not None and spec.matcher.exit_rule is not None:
+        kind, index = step
+        states = TensorSpec(STATES, "float32", ("2B", k, spec.matcher.state_dim))
+        if kind == "exit":
+            return [keypoints_pairs, states], matches
+        last = index == spec.matcher.exit_rule.layers - 1
+        return ([keypoints_pairs, descriptors if index == 0 else states, sizes, *features],
+                [TensorSpec(NEXT_STATES, "float32", states.shape)] + ([] if last else [TensorSpec("confidences", "float32", ("2B", k))]))
     raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
 
 
@@ -139,11 +202,16 @@ class Models:
     def __init__(self, settings: Any, weights: Mapping[str, Path | None]) -> None:
         self.spec = settings
         self._weights = weights
-        x, m = settings.extractor, settings.matcher
-        # a host extractor (SIFT) has no module: its features come from the family's ``extract``
-        self.extractor = None if x.host else registry.family(x.family).build(x, weights.get("extractor"), settings)
+        m = settings.matcher
         self.matcher = registry.family(m.family).build(m, weights["matcher"], settings) if m is not None else None
         self._reference: tuple[Any, Any] | None = None
+
+    @functools.cached_property
+    def extractor(self) -> nn.Module | None:
+        """The patched extractor, built on first use (a step graph's trace needs none); None for a host extractor
+        (SIFT), whose features come from the family's ``extract``."""
+        x = self.spec.extractor
+        return None if x.host else registry.family(x.family).build(x, self._weights.get("extractor"), self.spec)
 
     @property
     def channels(self) -> int:
@@ -176,14 +244,62 @@ class Models:
             return ExtractorGraph(self.extractor).eval()
         if name == "matcher":
             return MatcherGraph(self.matcher, dense).eval()
+        step = self._step(name)
+        if step is not None:
+            kind, index = step
+            return (LayerGraph(self.matcher, index) if kind == "layer" else ExitGraph(self.matcher, index, dense)).eval()
         raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
+
+    def _step(self, name: str) -> tuple[str, int] | None:
+        """A step graph's kind and index, where the matcher runs adaptively (``glueforge.depth``)."""
+        step = parse_step(name)
+        rule = self.spec.matcher.exit_rule if self.spec.matcher is not None else None
+        return step if step is not None and rule is not None and step[1] < rule.layers else None
 
     def example_inputs(self, name: str, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inputs of graph ``name`` derived from an interleaved image batch (2B, C, H, W)."""
         if name == "matcher":
             keypoints, _, descriptors, *features = self.extract(images)
             return (keypoints, descriptors, image_sizes(images), *(features[i] for i in self.feature_index))
+        step = self._step(name)
+        if step is not None:
+            return self._step_example(step, images)
         return (images,)
+
+    def _step_example(self, step: tuple[str, int], images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Seeded inputs of a step graph for tracing: keypoints on ``images``, unit descriptors, random states. A step
+        graph has no data-dependent control flow (fixed K, padded slots), so values do not shape its trace, and tracing
+        one layer need not run the extractor and the layers before it (golden outputs chain the real ones: ``steps``)."""
+        kind, index = step
+        generator = torch.Generator().manual_seed(0)
+        n, k = images.shape[0], self.spec.keypoints
+        sizes = image_sizes(images)
+        keypoints = torch.rand(n, k, 2, generator=generator) * (sizes[:, None, :] - 1)
+        states = torch.randn(n, k, self.spec.matcher.state_dim, generator=generator)
+        if kind == "exit":
+            return keypoints, states
+        if index == 0:
+            states = torch.nn.functional.normalize(torch.randn(n, k, self.descriptor_dim, generator=generator), dim=-1)
+        features = [torch.rand(n, k, generator=generator) for _ in self.spec.matcher.keypoint_inputs]
+        return (keypoints, states, sizes, *features)
+
+    @torch.no_grad()
+    def steps(self, matcher_inputs: Sequence[torch.Tensor]) -> dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]:
+        """Inputs and outputs of every step graph on the ``matcher`` graph's inputs, in one pass through the layers
+        (each exit on the states after its layer)."""
+        keypoints, descriptors, sizes, *features = matcher_inputs
+        dense = self.spec.match_output == "dense"
+        calls: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        states = descriptors
+        layers = self.spec.matcher.exit_rule.layers
+        for name in step_graphs(layers)[:layers]:
+            _, index = parse_step(name)
+            args = (keypoints, states, sizes, *features)
+            calls[name] = (args, tuple(LayerGraph(self.matcher, index)(*args)))
+            states = calls[name][1][0]
+            exit_args = (keypoints, states)
+            calls[step_graphs(layers)[layers + index]] = (exit_args, tuple(ExitGraph(self.matcher, index, dense)(*exit_args)))
+        return calls
 
     @torch.no_grad()
     def golden(self, names: Sequence[str], images: torch.Tensor) -> dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]:
@@ -206,9 +322,11 @@ class Models:
                 for hook in hooks:
                     hook.remove()
         for name in names:
-            if name not in calls:
+            if name not in calls and self._step(name) is None:
                 example = self.example_inputs(name, images)
                 calls[name] = (example, tuple(self.graph(name)(*example)))
+        if any(self._step(name) is not None for name in names):
+            calls.update(self.steps(calls["matcher"][0] if "matcher" in calls else self.example_inputs("matcher", images)))
         return {name: calls[name] for name in names}
 
     # -- the upstream reference, unpatched ----------------------------------------------------

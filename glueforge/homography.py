@@ -65,6 +65,18 @@ def photometric(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
+def shrunk(image: np.ndarray, longest: int) -> np.ndarray:
+    """``image`` resized (bilinear) so that its longest side is at most ``longest``: the warps, and so AUC's pixels, are
+    at the size the bundles run at."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = longest / max(h, w)
+    if scale >= 1:
+        return image
+    return np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
+
+
 def make_warps(images: Sequence[np.ndarray], per_image: int = 1, seed: int = 0) -> list[Warp]:
     """``per_image`` warps of each uint8 image (grey or RGB), seeded: the same inputs give the same warps."""
     import cv2

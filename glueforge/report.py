@@ -125,9 +125,35 @@ def _homography_section(validation: Mapping[str, Any]) -> str:
     metrics = ("auc@1px", "auc@3px", "auc@5px", "precision@3px", "matches")
     rows = [(who, *(f"{h[who][k]:.3f}" if k != "matches" else f"{h[who][k]:.0f}" for k in metrics))
             for who in ("engine", "reference")]
+    depth = f" The matcher ran at {_e(h['depth'])} depth." if h.get("depth") else ""
     return (f"<h2>Homography accuracy</h2><p>{h['warps']} warps of {_e(h['images'])}; estimator: {_e(h['estimator'])}. "
-            f"Gate: {_e(h['gate'])}: {_verdict(h['passed'])}.</p>"
+            f"Gate: {_e(h['gate'])}: {_verdict(h['passed'])}.{depth}</p>"
             + _table(("", "AUC@1px", "AUC@3px", "AUC@5px", "precision@3px", "matches per warp"), rows, numeric=(1, 2, 3, 4, 5)))
+
+
+def depth_policy(manifest: Mapping[str, Any]) -> str:
+    """The matcher's depth policy in words: fixed, with its layers, or adaptive, with its exit rule."""
+    depth = (manifest.get("matcher") or {}).get("depth")
+    if not depth:
+        return "-" if manifest.get("matcher") is None else "fixed"
+    if depth["policy"] == "fixed":
+        return f"fixed, {depth['layers']} layers"
+    return f"adaptive, up to {depth['layers']} layers (depth_confidence {depth['depth_confidence']:g})"
+
+
+def _depth_section(manifest: Mapping[str, Any], validation: Mapping[str, Any]) -> str:
+    """Adaptive depth on the validation pairs: layers used and fixed-depth matches reproduced (``glueforge.depth``)."""
+    adaptive = validation.get("adaptive_depth")
+    if not adaptive:
+        return ""
+    rule = adaptive["rule"]
+    rows = [(_e(p["size"]), p["pair"], f"{p['layers']} of {rule['layers']}", p["fixed_matches"], f"{p['reproduced']:.3f}")
+            for p in adaptive["pairs"]]
+    return (f"<h2>Adaptive depth</h2><p>{_e(depth_policy(manifest))}: {_e(rule['rule'])}; thresholds "
+            f"{_e(', '.join(f'{t:.3f}' for t in rule['thresholds']))}. The runtime API runs the step graphs "
+            "(<code>matcher_layer&lt;i&gt;</code>, <code>matcher_exit&lt;i&gt;</code>) and stops on the host; the end2end and "
+            "matcher graphs stay at fixed depth. On the validation pairs:</p>"
+            + _table(("size", "pair", "layers", "fixed-depth matches", "reproduced"), rows, numeric=(1, 3, 4)))
 
 
 def _agreement_section(validation: Mapping[str, Any], precision: str) -> str:
@@ -160,14 +186,15 @@ def _latency_section(benchmarks: Mapping[str, Any] | None, title: str) -> str:
     rows = benchmarks["rows"]
     machine = benchmarks.get("machine") or {}
     table = _table(("graph", "batch", "unit", "image WxH", "runs", "p50 ms per call", "p90 ms", "p99 ms",
-                    "units per second", "GFLOP", "× floor", "peak RSS MiB", "device MiB", "stopped"),
+                    "units per second", "GFLOP", "× floor", "matcher layers", "peak RSS MiB", "device MiB", "stopped"),
                    [(_e(r["graph"]), r["batch"], _e(r["unit"]), _e(r.get("size", "-")), r["runs"], f"{r['p50_ms']:.1f}",
                      f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['per_second']:.2f}",
                      "-" if r.get("gflop") is None else f"{r['gflop']:.2f}",
                      "-" if r.get("x_floor") is None else f"{r['x_floor']:.1f}",
+                     "-" if r.get("layers") is None else f"{r['layers']:g}",
                      "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}",
                      "-" if r["device_mib"] is None else f"{r['device_mib']:.1f}", _e(r["stopped"])) for r in rows],
-                   numeric=(1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
+                   numeric=(1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     rate = benchmarks.get("floor")
     floor_note = (f"<p>&times; floor: p50 over the time of the graph's FLOPs at {rate['gflops']:.1f} GFLOP/s, the rate of "
                   f"{_e(rate['matmul'])} measured in the same run ({_e(rate['measured_with'])}).</p>" if rate else "")
@@ -222,7 +249,7 @@ def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapp
     versions = {k: v for k, v in runtime.items() if k not in ("engines", "files", "outputs", "properties")}
     identity = _table(None, [
         ("model", _e(f"{m['model']} {m['version']}")), ("target", _e(m["target"])), ("precision", _e(m["precision"])),
-        ("keypoints (K)", m["keypoints"]), ("runtime", _e(json.dumps(versions))),
+        ("matcher depth", _e(depth_policy(m))), ("keypoints (K)", m["keypoints"]), ("runtime", _e(json.dumps(versions))),
         ("graphs", "<br>".join(f"<b>{_e(g)}</b>: " + ", ".join(f"{_e(t['name'])} {_e(t['dtype'])} {_e(t['shape'])}"
                                                                for t in spec["inputs"]) + " &rarr; "
                                + ", ".join(f"{_e(t['name'])} {_e(t['shape'])}" for t in spec["outputs"])
@@ -246,7 +273,7 @@ def bundle_report(directory: Path, manifest: Mapping[str, Any], validation: Mapp
     commands = "".join(f"<p>{_e(what)}:</p><pre>{_e(command)}</pre>" for what, command in reproduce.items())
     body = (f"<h1>{_e(title)}</h1><p class='muted'>{_e(m.get('description') or '')}</p>{identity}"
             f"<h2>Provenance</h2>{provenance}<h2>Validation</h2>{_validation_section(m['validation'])}"
-            f"{_homography_section(validation)}"
+            f"{_homography_section(validation)}{_depth_section(m, validation)}"
             f"{_agreement_section(validation, m['precision'])}{_latency_section(m.get('benchmarks'), title)}"
             f"{_picture_section(directory, m)}<h2>Reproduce</h2>{commands or '<p class=muted>-</p>'}")
     return _page(title, body)
@@ -315,14 +342,14 @@ def store_index(root: Path, out: Path) -> str:
             acc = _accuracy(m)
             link = directory / REPORT
             rel = Path(os.path.relpath(link, Path(out).parent))
-            rows.append((_e(model), _e(target), _e(version), _e(m.get("precision")),
+            rows.append((_e(model), _e(target), _e(version), _e(m.get("precision")), _e(depth_policy(m)),
                          _verdict(m["validation"]["status"] == "passed") if m["validation"]["status"] != "unvalidated" else "unvalidated",
                          *(f"{acc[k]:.4f}" if k in acc else "-" for k in ("keypoint_mnn", "descriptor_cosine_mean", "match_recall")),
                          _auc(m), _latency(m, ("end2end", "matcher")), _latency(m, ("extractor",)),
                          f'<a href="{_e(rel.as_posix())}">report</a>' if link.is_file() else "-"))
-    table = _table(("model", "target", "version", "precision", "validation", "keypoint MNN", "descriptor cosine",
-                    "match recall", "homography AUC@3px", "p50 ms per pair", "p50 ms per image", ""), rows,
-                   numeric=(5, 6, 7, 8, 9, 10))
+    table = _table(("model", "target", "version", "precision", "matcher depth", "validation", "keypoint MNN",
+                    "descriptor cosine", "match recall", "homography AUC@3px", "p50 ms per pair", "p50 ms per image", ""),
+                   rows, numeric=(6, 7, 8, 9, 10, 11))
     chart = _index_plot(bundles)
     body = (f"<h1>glueforge bundles in {_e(root)}</h1><p>Latest version of each model for each target. Accuracy: the "
             "worst over the bundle's validated graphs and sizes against the upstream reference; homography AUC@3px: the "

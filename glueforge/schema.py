@@ -12,9 +12,11 @@ core code asks the spec and never names a family or a runtime.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from glueforge.depth import ExitRule, Policy
 
 
 class Strict(BaseModel):
@@ -82,6 +84,31 @@ class MatcherSpec(Strict):
         """Per-keypoint features it takes besides keypoints and descriptors, each (2B, K), in this
         order (LightGlue with ``add_scale_ori``: scales and orientations); the extractor must give them."""
         return ()
+
+    @property
+    def state_dim(self) -> int:
+        """The size of each point's state between layers (the step graphs' ``states``)."""
+        raise NotImplementedError
+
+    @property
+    def layers(self) -> int:
+        """The layers the ``matcher`` graph runs."""
+        raise NotImplementedError
+
+    def at_fixed_depth(self) -> "MatcherSpec":
+        """This matcher without its exit rule (what its fixed-depth graphs read)."""
+        return self
+
+    def depth_policy(self) -> dict[str, Any]:
+        """What the manifest says of the matcher's depth: fixed, with its layers, or adaptive, with its exit rule."""
+        rule = self.exit_rule
+        return rule.as_dict() if rule is not None else {"policy": Policy.FIXED.value, "layers": self.layers}
+
+    @property
+    def exit_rule(self) -> Optional[ExitRule]:
+        """Adaptive depth: the rule that stops the layer-by-layer run (``glueforge.depth``); None: fixed depth, the
+        ``matcher`` graph alone."""
+        return None
 
 
 def missing_keypoint_inputs(extractor: ExtractorSpec, matcher: MatcherSpec) -> list[str]:

@@ -43,6 +43,14 @@ weights and the sift architecture, real and interleaved padded slots),
 tests/test_padding.py::test_padding_survives_onnx_export_and_attention_fusion and
 tests/test_build.py::test_parity_of_bundled_graphs_with_kornia (matches reproduced against kornia's
 LightGlue with ``depth_confidence=-1, width_confidence=-1``).
+
+Adaptive depth (``glueforge.depth``): ``layer`` runs one layer (layer 0 after the input
+projection) with its confidence head, recomputing the positional encoding and key biases from
+the keypoints so that each step graph takes only the matcher's inputs and the states; ``assign``
+is the exit after any layer, with that layer's assignment head (upstream stops at layer i and
+assigns with ``log_assignment[i]``). ``forward`` is the same layers and the last exit. Parity:
+tests/test_depth.py::test_steps_equal_kornia_adaptive_depth (the steps, chained by the exit rule,
+against kornia's LightGlue with ``depth_confidence`` on real weights: the same stop and matches).
 """
 
 from __future__ import annotations
@@ -80,14 +88,22 @@ class FixedDepthLightGlue(LightGlue):
         """``kpts*`` (B, K, 2) px (x < 0: padding), ``desc*`` (B, K, D), ``size*`` (B, 2) (w, h) px,
         ``features`` (scales0, scales1, oris0, oris1) (B, K) with ``add_scale_ori``, else none
         -> matches0 (B, K) int64, mscores0 (B, K)."""
+        context = self.context(kpts0, kpts1, size0, size1, *features)
+        desc0, desc1 = self.input_proj(desc0), self.input_proj(desc1)
+        for layer in self.transformers:
+            desc0, desc1 = self._layer(layer, desc0, desc1, context)
+        return self.assign(len(self.transformers) - 1, desc0, desc1, kpts0, kpts1)
+
+    def context(self, kpts0: torch.Tensor, kpts1: torch.Tensor, size0: torch.Tensor, size1: torch.Tensor,
+                *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What every layer reads besides the states: each image's positional encoding and key bias (B, 1, 1, K)."""
         expected = 4 if self.conf.add_scale_ori else 0
         if len(features) != expected:
             raise ValueError(f"LightGlue (add_scale_ori={self.conf.add_scale_ori}) takes {expected} keypoint "
                              f"feature tensors (scales0, scales1, oris0, oris1), got {len(features)}")
         if self.conf.add_laf:
             raise NotImplementedError("LightGlue with add_laf is not exported")
-        bias0, bias1 = padding_bias(kpts0), padding_bias(kpts1)
-        key_bias0, key_bias1 = bias0[:, None, None, :], bias1[:, None, None, :]  # (B, 1, 1, K)
+        key_bias0, key_bias1 = padding_bias(kpts0)[:, None, None, :], padding_bias(kpts1)[:, None, None, :]
         kpts0, kpts1 = normalize_keypoints(kpts0, size0), normalize_keypoints(kpts1, size1)
         if self.conf.add_scale_ori:
             scales0, scales1, oris0, oris1 = features
@@ -96,13 +112,35 @@ class FixedDepthLightGlue(LightGlue):
                 scales0, scales1 = scales0 * coef, scales1 * coef
             kpts0 = torch.cat([kpts0, scales0.unsqueeze(2).to(kpts0.dtype), oris0.unsqueeze(2).to(kpts0.dtype)], dim=2)
             kpts1 = torch.cat([kpts1, scales1.unsqueeze(2).to(kpts1.dtype), oris1.unsqueeze(2).to(kpts1.dtype)], dim=2)
-        desc0, desc1 = self.input_proj(desc0), self.input_proj(desc1)
-        encoding0, encoding1 = self.posenc(kpts0), self.posenc(kpts1)
-        for layer in self.transformers:  # upstream TransformerLayer.forward, with key biases
-            desc0 = layer.self_attn(desc0, encoding0, bias=key_bias0)
-            desc1 = layer.self_attn(desc1, encoding1, bias=key_bias1)
-            desc0, desc1 = layer.cross_attn(desc0, desc1, bias0=key_bias0, bias1=key_bias1)
-        scores, _ = self.log_assignment[-1](desc0, desc1, bias0, bias1)
+        return self.posenc(kpts0), self.posenc(kpts1), key_bias0, key_bias1
+
+    @staticmethod
+    def _layer(layer: torch.nn.Module, desc0: torch.Tensor, desc1: torch.Tensor,
+               context: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Upstream ``TransformerLayer.forward``, with key biases."""
+        encoding0, encoding1, key_bias0, key_bias1 = context
+        desc0 = layer.self_attn(desc0, encoding0, bias=key_bias0)
+        desc1 = layer.self_attn(desc1, encoding1, bias=key_bias1)
+        return layer.cross_attn(desc0, desc1, bias0=key_bias0, bias1=key_bias1)
+
+    def layer(self, index: int, states0: torch.Tensor, states1: torch.Tensor, kpts0: torch.Tensor, kpts1: torch.Tensor,
+              size0: torch.Tensor, size1: torch.Tensor, *features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step of adaptive depth (``glueforge.depth``): layer ``index`` on ``states*`` (B, K, D), the input
+        descriptors (B, K, Din) for layer 0 -> ``states0, states1`` and, for every layer but the last, the
+        confidence head's ``confidences0, confidences1`` (B, K) (upstream ``token_confidence[index]``)."""
+        if index == 0:
+            states0, states1 = self.input_proj(states0), self.input_proj(states1)
+        states0, states1 = self._layer(self.transformers[index], states0, states1,
+                                       self.context(kpts0, kpts1, size0, size1, *features))
+        if index == len(self.transformers) - 1:
+            return states0, states1
+        return (states0, states1, *self.token_confidence[index](states0, states1))
+
+    def assign(self, index: int, states0: torch.Tensor, states1: torch.Tensor, kpts0: torch.Tensor,
+               kpts1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exit after layer ``index``: its assignment head and upstream's ``filter_matches`` -> matches0 (B, K)
+        int64, mscores0 (B, K)."""
+        scores, _ = self.log_assignment[index](states0, states1, padding_bias(kpts0), padding_bias(kpts1))
         matches0, _, mscores0, _ = filter_matches(scores, self.conf.filter_threshold)
         return matches0, mscores0
 

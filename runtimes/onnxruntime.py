@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, Mapping
 from pydantic import Field
 from typing_extensions import Annotated
 
+from glueforge.depth import parse_step
 from glueforge.machine import flush_denormals
 from glueforge.runtime import BuildContext, EngineUnavailable, Incompatible
 from glueforge.schema import Recipe, Strict, TargetSpec
@@ -80,9 +81,12 @@ def prepare(model, graph: str, target: Target) -> tuple[Any, dict[str, Any]]:
     return fused, {"attention_fused": count, "grid_samples_as_resize": resized, "resized_channels_last": channels_last}
 
 
-def session(model: Path | bytes, settings: OrtSession):
+def session(model: Path | bytes, settings: OrtSession, passive: bool = False):
     """An onnxruntime session of ``model`` (a path, or a serialized graph) with ``settings`` and this machine's
-    thread limit."""
+    thread limit; ``passive``: its idle threads sleep whatever ``$OMP_WAIT_POLICY`` says (an adaptive-depth step
+    graph's: the step graphs run back to back, each in its own session, and a spinning pool of the one before takes
+    the cores of the next: xfeat_lighterglue's layer costs 1.5x as much when two sessions alternate, 1.1x without
+    spinning; benchmarks/adaptive_depth.py)."""
     import onnxruntime as ort
 
     from glueforge.machine import passive_wait, thread_limit
@@ -90,7 +94,7 @@ def session(model: Path | bytes, settings: OrtSession):
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.graph_optimization_level)
     options.intra_op_num_threads = settings.intra_op_num_threads or thread_limit() or 0
-    if passive_wait():  # how the threads wait, not what they compute: no key holds it
+    if passive or passive_wait():  # how the threads wait, not what they compute: no key holds it
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.execution_mode = getattr(ort.ExecutionMode, settings.execution_mode)
@@ -142,14 +146,15 @@ def runner(directory: Path, graph: str, name: str):
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     settings = _recorded_session(directory)
-    return OnnxrtRunner(lambda: session(Path(directory) / f"{graph}.onnx", settings), name=name)
+    passive = parse_step(graph) is not None
+    return OnnxrtRunner(lambda: session(Path(directory) / f"{graph}.onnx", settings, passive), name=name)
 
 
 class OrtGraph:
     """One graph as a :class:`glueforge.runtime.GraphRunner`: a session with the recorded settings."""
 
-    def __init__(self, path: Path, settings: OrtSession) -> None:
-        self.session = session(path, settings)
+    def __init__(self, path: Path, settings: OrtSession, passive: bool = False) -> None:
+        self.session = session(path, settings, passive)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,7 +198,7 @@ def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None =
         import onnxruntime  # noqa: F401
     except ImportError:
         raise EngineUnavailable("this bundle runs with ONNX Runtime: pip install onnxruntime") from None
-    return OrtGraph(Path(directory) / f"{graph}.onnx", _recorded_session(directory))
+    return OrtGraph(Path(directory) / f"{graph}.onnx", _recorded_session(directory), passive=parse_step(graph) is not None)
 
 
 def runs_here(target: Target) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.background import SESSION, claim, session_dir
-from tests.project import (INT8_MODEL, MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE,
+from tests.project import (ADAPTIVE_MODEL, ADAPTIVE_OVERLAY, INT8_MODEL, MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE,
                            clone_project)
 
 # The build chains (below) run beside the tests: three busy processes on two cores. Their idle worker threads
@@ -85,6 +85,8 @@ def pytest_collection_modifyitems(config, items):
 #          -> [after R's fused graphs] orin_nano, agx_orin (clone O)
 #     -> [after A's build] openvino (clone V: hard links of A's artifacts, its cpu bundles included)
 #     -> [after A's graphs and references] int8 (clone I): INT8 bundles of one model, and orin_nano_int8's ONNX stages
+#     -> [after A's graphs and references] adaptive (clone D): one model's adaptive-depth cpu bundle, and orin_nano's
+#        ONNX stages of its step graphs
 #   seeded (a project of its own)
 # (a checkout runs one build at a time: the chains after cpu build in clones of their own, so that they run beside
 # each other, and beside the tests that run doit in clone A). A chain that builds on another's first steps starts
@@ -92,7 +94,8 @@ def pytest_collection_modifyitems(config, items):
 CHAINS: dict = {}  # name -> this process's Chain, or the RemoteChain another worker runs
 WANTED: set[str] = set()  # the chains this session's tests need (and those started for them)
 NEEDS = {"cpu": {"built", "openvino_built", "rtx_built", "fused", "built_for"}, "openvino": {"openvino_built", "built_for"},
-         "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}, "int8": {"int8_built"}}
+         "rtx": {"rtx_built", "fused"}, "orin": {"fused"}, "seeded": {"seeded"}, "int8": {"int8_built"},
+         "adaptive": {"adaptive_built"}}
 
 
 def pytest_configure(config):
@@ -251,6 +254,24 @@ def int8_chain(root: Path):
     return steps
 
 
+def adaptive_chain(root: Path):
+    """Clone D, from clone A's graphs and references: the adaptive-depth cpu bundle of ADAPTIVE_MODEL (tests/adaptive.yaml; its fixed-depth
+    graphs are A's; its step graphs and references its own), then orin_nano's ONNX stages of it (the step graphs
+    through the TensorRT parser proxy; tests/test_depth.py)."""
+    def steps(doit_in, mark):
+        project = clone_project(root / "project", artifacts_from=start("cpu").milestone("graphs"))
+        config = f"config={ADAPTIVE_OVERLAY}"
+        proc, executed, _ = doit_in(project, "build", "target=cpu", config, f"model={ADAPTIVE_MODEL}")
+        _log(project, "cpu", proc)
+        _check(proc, executed, {f"{stage}:cpu:{ADAPTIVE_MODEL}" for stage in ("fuse", "engine", "validate", "bundle")})
+        proc, executed, _ = doit_in(project, "fuse", "target=orin_nano", config, f"model={ADAPTIVE_MODEL}")
+        _log(project, "orin_nano", proc)
+        _check(proc, executed, {f"fuse:orin_nano:{ADAPTIVE_MODEL}"})
+        return project
+
+    return steps
+
+
 def seeded_chain(root: Path):
     """The seeded project's builds (tests/test_seeded_models.py): cpu, openvino and rtx bundles of the four models
     whose real weights are unreachable here, on seeded weights (tests/seeded.py), then orin_nano's ONNX stages."""
@@ -269,7 +290,7 @@ def seeded_chain(root: Path):
 
 
 CHAIN_STEPS = {"cpu": cpu_chain, "openvino": openvino_chain, "rtx": rtx_chain, "orin": orin_chain, "seeded": seeded_chain,
-               "int8": int8_chain}
+               "int8": int8_chain, "adaptive": adaptive_chain}
 
 
 @pytest.fixture(scope="session")
@@ -308,6 +329,12 @@ def fused(built) -> Path:
 def int8_built(built) -> Path:
     """Clone I after its INT8 builds (tests/test_int8.py)."""
     return start("int8").result()
+
+
+@pytest.fixture(scope="session")
+def adaptive_built(built) -> Path:
+    """Clone D after its adaptive-depth build (tests/test_depth.py)."""
+    return start("adaptive").result()
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,8 @@ RTX_TARGETS = {"rtx": ["8.6", "8.9", "12.0"], "rtx_2060": ["7.5"]}  # TensorRT-R
 # the models the tests build for each: every one for rtx; for the Turing target (FP16 by construction: it has no
 # FP32 GEMM) one LightGlue model, the quickest to build (CI time)
 RTX_MODELS = {"rtx": MODELS, "rtx_2060": ("xfeat_lighterglue",)}
+# the model the adaptive-depth tests build (tests/test_depth.py), from an overlay: the cheapest real one (6 layers)
+ADAPTIVE_MODEL, ADAPTIVE_OVERLAY = "xfeat_lighterglue_adaptive", REPO / "tests" / "adaptive.yaml"
 INT8_MODEL = "xfeat_lighterglue"  # the model the int8 targets' tests build (tests/test_int8.py): the cheapest real one
 ORIN_MODEL = "aliked_lightglue"  # the model the Jetson targets' tests build (tests/test_tensorrt.py)  # `doit build target=T` with every model fails at fetch for UNREACHABLE
 

@@ -11,6 +11,10 @@ Two checks, both of which must pass:
 2. Task metrics against kornia's unpatched reference: keypoints with a mutual nearest
    neighbour within 1 px (worst image), mean descriptor cosine on those keypoints (the
    minimum is reported too), and the share of reference matches reproduced (worst pair).
+   The step graphs of adaptive depth (``glueforge.depth``) have no reference of their own
+   (upstream has no per-layer model): a layer's ``next_states`` and ``confidences`` are held to the
+   golden outputs by (1), which needs their tolerances, and an exit's matches must reproduce
+   the golden exit's as the target's ``match_recall`` says (``match_agreement``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from glueforge import GlueforgeError
+from glueforge.depth import parse_step
 from glueforge.progress import progress
 from glueforge.schema import TargetSpec as Target
 from glueforge.validation.metrics import matches_of_pair, mutual_nearest, pair_metrics
@@ -171,6 +176,16 @@ def judge(metrics: dict[str, float], target: Target) -> dict[str, bool]:
     return checks
 
 
+def step_metrics(kind: str, produced: dict[str, np.ndarray], golden: dict[str, np.ndarray]) -> dict[str, float]:
+    """An exit graph's share of the golden exit's matches (list form) that it reproduces; nothing for a layer."""
+    if kind == "layer":
+        return {}
+    expected = {tuple(m) for m in list_form(golden)["matches"].tolist()}
+    produced_matches = list_form(produced)["matches"] if "matches0" in produced else produced["matches"]
+    found = {tuple(m) for m in np.asarray(produced_matches).tolist()}
+    return {"match_agreement": len(expected & found) / len(expected) if expected else float(not found)}
+
+
 def cases(flat: Mapping[str, np.ndarray], graph: str) -> list[str]:
     """The validated image sizes of ``graph`` in an export's npz (keys ``<graph>@<H>x<W>/<tensor>``), in order."""
     return list(dict.fromkeys(k.split("/")[0].split("@")[1] for k in flat if k.startswith(f"{graph}@")))
@@ -179,6 +194,8 @@ def cases(flat: Mapping[str, np.ndarray], graph: str) -> list[str]:
 def worst(per_size: Mapping[str, dict[str, Any]]) -> dict[str, float]:
     """The worst of each metric over the validated sizes (counts are summed)."""
     metrics = [r["metrics"] for r in per_size.values()]
+    if not metrics[0]:
+        return {}
     return {k: (sum(m[k] for m in metrics) if k in ("matches", "reference_matches") else min(m[k] for m in metrics))
             for k in metrics[0]}
 
@@ -213,10 +230,19 @@ def validate(
                 if "matches" in produced:  # a graph with the list match form: the golden outputs are dense
                     expected = list_form(expected)
                 comparison = compare_outputs(expected, results, target, feed)
-                if decode is not None and graph == "extractor":
-                    produced = decode(produced)
-                metrics = task_metrics(graph, produced, feed, _split(reference, size))
-                checks = judge(metrics, target)
+                step = parse_step(graph)
+                if step is None:
+                    if decode is not None and graph == "extractor":
+                        produced = decode(produced)
+                    metrics = task_metrics(graph, produced, feed, _split(reference, size))
+                    checks = judge(metrics, target)
+                else:
+                    untolerated = [n for n in ("next_states", "confidences") if n in produced and n not in comparison]
+                    if untolerated:
+                        raise ValidationFailed(f"{target_name}: tolerances lacks {', '.join(untolerated)}, which the "
+                                               f"adaptive-depth graph {graph} returns; add them to the target")
+                    metrics = step_metrics(step[0], produced, _split(golden, f"{graph}@{size}"))
+                    checks = {"match_agreement": metrics["match_agreement"] >= target.thresholds.match_recall} if metrics else {}
                 passed = all(c["passed"] for c in comparison.values()) and all(checks.values())
                 per_size[size] = {"passed": passed, "outputs": comparison, "metrics": metrics, "checks": checks}
                 log.info("validate %s at %s: %s %s", graph, size, "passed" if passed else "FAILED",
@@ -237,6 +263,29 @@ def validate(
     return report
 
 
+def adaptive_depth(bundle: Any, reference_dir: Path) -> dict[str, Any]:
+    """Adaptive against fixed depth through the runtime API ``bundle`` on each validation pair (the ``matcher`` graph's
+    recorded inputs): the layers the exit rule let run and the share of the fixed-depth matches reproduced. Recorded
+    for the report; the accuracy gate of the adaptive policy is the homography gate, which matches through it."""
+    from glueforge.api import pair_matches
+    from glueforge.depth import run
+
+    inputs = _npz(reference_dir / "inputs.npz")
+    pairs = []
+    for size in cases(inputs, "matcher"):
+        feed = _split(inputs, f"matcher@{size}")
+        for pair in range(feed["keypoints"].shape[0] // 2):
+            one = {name: value[2 * pair: 2 * pair + 2] for name, value in feed.items()}
+            fixed = {tuple(m) for m in pair_matches(bundle.run("matcher", one), 0)[0].tolist()}
+            outcome = run(bundle.exit_rule, bundle.run, one)
+            adaptive = {tuple(m) for m in pair_matches(outcome.outputs, 0)[0].tolist()}
+            pairs.append({"size": size, "pair": pair, "layers": outcome.layers, "fixed_matches": len(fixed),
+                          "reproduced": len(fixed & adaptive) / len(fixed) if fixed else 1.0})
+            log.info("adaptive depth at %s, pair %d: %d of %d layers, %.3f of %d fixed-depth matches reproduced", size,
+                     pair, outcome.layers, bundle.exit_rule.layers, pairs[-1]["reproduced"], len(fixed))
+    return {"rule": bundle.exit_rule.as_dict(), "pairs": pairs}
+
+
 def homography(bundle: Any, reference_dir: Path, target: Target) -> dict[str, Any]:
     """The homography gate (``glueforge.homography``): the engine, run through the runtime API ``bundle``, on the
     reference step's warps, against the upstream model's matches on the same warps (``homography.npz``). It passes when
@@ -253,7 +302,7 @@ def homography(bundle: Any, reference_dir: Path, target: Target) -> dict[str, An
     log.info("homography: engine AUC@1/3/5px %.3f/%.3f/%.3f, reference %.3f/%.3f/%.3f (margin %.3f): %s",
              engine["auc@1px"], engine["auc@3px"], engine["auc@5px"], reference["auc@1px"], reference["auc@3px"],
              reference["auc@5px"], margin, "passed" if passed else "FAILED")
-    return {"passed": passed, "estimator": ESTIMATOR, "warps": count,
+    return {"passed": passed, "estimator": ESTIMATOR, "warps": count, "depth": bundle.depth.value if bundle.has_matcher else None,
             "images": "scikit-image photographs (astronaut, coffee, chelsea, rocket, motorcycle), one seeded warp each",
             "gate": f"engine AUC@3px >= reference AUC@3px - {margin:g}", "margin": margin,
             "engine": engine, "reference": reference}

@@ -1,6 +1,6 @@
 """export: weights + exporter + patches -> one ONNX graph (a step per graph).
 
-Each graph (end2end, extractor, matcher) is its own cached step. Its view is what tracing it
+Each graph (end2end, extractor, matcher, and the step graphs of adaptive depth) is its own cached step. Its view is what tracing it
 reads (``ExportSettings.for_graph``): the families' specs, the keypoint count, the trace size,
 the opset and, for graphs with a matcher, the match output form; plus the digests of the weights
 of the parts in it. So the extractor graph is shared by every target with the same keypoint
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from glueforge.config import ExportSettings
+from glueforge.depth import parse_step
 from glueforge.stages import Job, Label, Services, Stage, WeightRef, tool_versions, weights_of
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,10 @@ class TraceView:
 
 
 def parts(graph: str) -> tuple[str, ...]:
-    """The model parts a graph holds."""
+    """The model parts a graph's trace reads: an adaptive-depth step graph (``glueforge.depth``) holds the matcher alone
+    and is traced on seeded inputs; the matcher graph on the extractor's outputs."""
+    if parse_step(graph) is not None:
+        return ("matcher",)
     return ("extractor",) if graph == "extractor" else ("extractor", "matcher")
 
 

@@ -4,7 +4,8 @@ The comparison and the task metrics are ``validation/validate.py``; the runner i
 runtime module's (what it actually runs is its ``measured_with``, recorded in the report). A
 failure raises :class:`ValidationFailed` naming every failed check and stops the bundle. A pass
 then runs the homography gate (``glueforge.validation.validate.homography``: the engine's AUC@3px on seeded
-warps of photographs against the upstream model's, within the target's margin), and records the
+warps of photographs against the upstream model's, within the target's margin; an adaptive-depth
+bundle matches through its exit rule there, and its layers used per validation pair are recorded), and records the
 bundle's sample (``sample.npz``): the validation pair and what the runtime API returns on it,
 which ``glueforge infer --self-test`` compares with on the machine that runs it.
 Code identity: this module, ``validation`` and the target's runtime module.
@@ -25,7 +26,7 @@ from glueforge.runtime import PolygraphyGraph
 from glueforge.schema import ExtractorSpec, MatcherSpec, TargetSpec
 from glueforge.stages import Job, Label, Services, Stage, tool_versions
 from glueforge.validation.images import default_images
-from glueforge.validation.validate import ValidationFailed, homography, validate
+from glueforge.validation.validate import ValidationFailed, adaptive_depth, homography, validate
 
 SAMPLE = "sample.npz"
 
@@ -82,6 +83,8 @@ class Validate(Stage):
                 raise ValidationFailed(f"{view.model} on {view.target_name}: the homography gate failed: engine AUC@3px "
                                        f"{h['engine']['auc@3px']:.3f} < reference {h['reference']['auc@3px']:.3f} - "
                                        f"margin {h['margin']:g} ({h['warps']} warps; {h['estimator']})")
+            if bundle.exit_rule is not None:
+                report["adaptive_depth"] = adaptive_depth(bundle, reference)
             sample = record_sample(bundle, view)
         (out / "validation.json").write_text(json.dumps(report, indent=1))
         np.savez_compressed(out / SAMPLE, **sample)
