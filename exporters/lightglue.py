@@ -15,6 +15,7 @@ attention and of the assignment, so they never match (``patches/lightglue_fixed_
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -35,13 +36,19 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
+def confidence_thresholds(layers: int) -> tuple[float, ...]:
+    """kornia's ``LightGlue.confidence_threshold(i)`` after each layer i but the last of ``layers``:
+    ``0.8 + 0.1 exp(-4 i / layers)``, clipped to [0, 1]."""
+    return tuple(min(max(0.8 + 0.1 * math.exp(-4.0 * i / layers), 0.0), 1.0) for i in range(layers - 1))
+
+
 class Spec(MatcherSpec):
     family: Literal["lightglue"]
     features: Literal["superpoint", "disk", "aliked", "sift", "xfeat"]  # the checkpoint's architecture
     n_layers: Optional[Annotated[int, Field(ge=1, le=9)]] = None  # default: all the checkpoint's layers
     filter_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    # adaptive depth (glueforge.depth): stop once this share of the points is confident; None: fixed depth. Upstream's
-    # default is 0.95; kornia's -1 (off) is written here as leaving it out
+    # adaptive depth (glueforge.depth): stop once more than this share of the real points is confident; None: fixed
+    # depth. Upstream's default is 0.95; kornia's -1 (off) is written here as leaving it out
     depth_confidence: Optional[Annotated[float, Field(gt=0.0, lt=1.0)]] = None
 
     @model_validator(mode="after")
@@ -49,6 +56,9 @@ class Spec(MatcherSpec):
         trained = ARCHITECTURES[self.features]["n_layers"]
         if self.n_layers is not None and self.n_layers > trained:
             raise ValueError(f"n_layers {self.n_layers}: the {self.features} checkpoint has {trained} layers")
+        if self.depth_confidence is not None and self.layers < 2:
+            raise ValueError(f"depth_confidence {self.depth_confidence}: a matcher of {self.layers} layer cannot stop "
+                             "early; leave depth_confidence out")
         return self
 
     @property
@@ -70,10 +80,10 @@ class Spec(MatcherSpec):
 
     @property
     def exit_rule(self) -> Optional[ExitRule]:
-        return ExitRule.lightglue(self.depth_confidence, self.layers) if self.depth_confidence is not None else None
+        return ExitRule(self.depth_confidence, confidence_thresholds(self.layers)) if self.depth_confidence is not None else None
 
     def at_fixed_depth(self) -> "Spec":
-        return self.model_copy(update={"depth_confidence": None})
+        return self if self.depth_confidence is None else self.model_copy(update={"depth_confidence": None})
 
 
 def _kornia(spec: Spec, weights: Path):

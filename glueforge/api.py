@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from glueforge import registry
-from glueforge.depth import ExitRule, Policy, run as run_steps
+from glueforge.depth import NEXT_STATES, ExitRule, Policy, exit_graph, layer_graph, step_graphs
 from glueforge.runtime import GraphRunner
 from glueforge.verify import BundleError, verify_bundle  # BundleError: a bundle that cannot open, or a call it cannot serve
 
@@ -60,7 +60,7 @@ class Features:
 @dataclass
 class Matches:
     """``matches`` (S, 2) int64: index in features0, index in features1; ``scores`` (S,) float32; ``layers`` the matcher
-    layers that ran (fewer than all where adaptive depth stopped early; None where the end2end graph matched)."""
+    layers that ran (fewer than all where adaptive depth stopped early; None where the manifest does not say)."""
 
     matches: np.ndarray
     scores: np.ndarray
@@ -102,6 +102,36 @@ def pair_matches(outputs: Mapping[str, np.ndarray], pair: int) -> tuple[np.ndarr
     chosen = matches[:, 0] == pair
     scores = np.asarray(outputs["mscores"])[chosen] if "mscores" in outputs else np.ones(int(chosen.sum()), np.float32)
     return matches[chosen][:, 1:].astype(np.int64), scores.astype(np.float32)
+
+
+# -- adaptive depth --------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """The match outputs of the exit graph the exit rule chose, and how many layers ran."""
+
+    outputs: dict[str, np.ndarray]
+    layers: int
+
+
+def run_layers(rule: ExitRule, infer: Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
+               feed: Mapping[str, np.ndarray]) -> Outcome:
+    """Adaptive depth (``glueforge.depth``): the step graphs on the ``matcher`` graph's ``feed`` (``keypoints``,
+    ``descriptors``, ``image_sizes`` and the keypoint inputs), layer by layer until the rule stops or the last has run,
+    then that layer's exit. ``infer(graph, inputs)`` runs one graph."""
+    real = np.asarray(feed["keypoints"])[..., 0] >= 0  # padded slots are x < 0 (glueforge.schema.PADDING)
+    common = {name: value for name, value in feed.items() if name != "descriptors"}
+    states = None
+    for layer in range(rule.layers):
+        inputs = {**common, "descriptors": feed["descriptors"]} if layer == 0 else {**common, "states": states}
+        out = infer(layer_graph(layer), inputs)
+        states = out[NEXT_STATES]
+        if layer < rule.layers - 1:
+            if "confidences" not in out:
+                raise BundleError(f"{layer_graph(layer)} returned no confidences: the bundle's step graphs do not "
+                                  f"match its exit rule ({rule.layers} layers)")
+            if rule.stops(out["confidences"], real, layer):
+                break
+    return Outcome(dict(infer(exit_graph(layer), {"keypoints": feed["keypoints"], "states": states})), layer + 1)
 
 
 # -- images --------------------------------------------------------------------------------------------
@@ -328,9 +358,14 @@ class Bundle:
         self.divisor = int(x["divisor"])
         self._keypoint_inputs = list(m["keypoint_inputs"]) if m else []
         depth = (m or {}).get("depth") or {}
-        self.exit_rule = ExitRule.from_dict(depth) if depth.get("policy") == Policy.ADAPTIVE.value else None
-        # the policy match and match_pair use: adaptive where the bundle has the step graphs (glueforge.depth)
-        self.depth = Policy.ADAPTIVE if self.exit_rule is not None else Policy.FIXED
+        rule = ExitRule.from_dict(depth) if depth.get("policy") == Policy.ADAPTIVE.value else None
+        missing = [g for g in step_graphs(rule.layers) if g not in self.graphs] if rule is not None else []
+        if missing:
+            raise BundleError(f"{self.directory / MANIFEST}: its matcher runs at adaptive depth, but it lists no "
+                              f"{', '.join(missing)}: rebuild the bundle")
+        self.exit_rule = rule
+        # the policy match and match_pair use by default: adaptive where the manifest states an exit rule
+        self.depth = Policy.ADAPTIVE if rule is not None else Policy.FIXED
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -477,7 +512,8 @@ class Bundle:
         try:
             policy = Policy(depth) if depth is not None else self.depth
         except ValueError:
-            raise BundleError(f"depth={depth!r}: give {' or '.join(repr(p.value) for p in Policy)}") from None
+            raise BundleError(f"depth={depth!r} is not a depth policy: give {', '.join(repr(p.value) for p in Policy)} or "
+                              f"None (this bundle's default: {self.depth.value!r})") from None
         if policy is Policy.ADAPTIVE and self.exit_rule is None:
             raise BundleError(f"{self}: its matcher was built at fixed depth (no depth_confidence): depth='adaptive' "
                               "needs the matcher's step graphs")
@@ -489,7 +525,7 @@ class Bundle:
         policy, adaptive where it was built with ``depth_confidence``."""
         feed = self.matcher_feed(features0, features1)
         if self._policy(depth) is Policy.ADAPTIVE:
-            outcome = run_steps(self.exit_rule, self.run, feed)
+            outcome = run_layers(self.exit_rule, self.run, feed)
             outputs, layers = outcome.outputs, outcome.layers
         else:
             outputs, layers = self.run("matcher", feed), self.matcher_layers
@@ -523,7 +559,7 @@ class Bundle:
                                       "engine is broken (padded slots must never match)")
                 i0, i1 = index0[matches[:, 0]], index1[matches[:, 1]]
                 keep = (i0 >= 0) & (i1 >= 0)  # a keypoint in the zero padding is dropped with its matches
-                return Pair(f0, f1, np.stack([i0[keep], i1[keep]], axis=1).astype(np.int64), scores[keep])
+                return Pair(f0, f1, np.stack([i0[keep], i1[keep]], axis=1).astype(np.int64), scores[keep], self.matcher_layers)
         f0, f1 = self.extract([a, b])
         found = self.match(f0, f1, policy)
         return Pair(f0, f1, found.matches, found.scores, found.layers)

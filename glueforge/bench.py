@@ -28,8 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from glueforge import GlueforgeError, floor, machine
-from glueforge.api import Bundle, Features, load_image, preprocess
-from glueforge.depth import parse_step, run as run_steps
+from glueforge.api import Bundle, Features, load_image, preprocess, run_layers
+from glueforge.depth import parse_step
 
 log = logging.getLogger(__name__)
 SAMPLE = "sample.npz"
@@ -209,7 +209,11 @@ def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence
     own: they run only in that loop)."""
     images = list(images) if images is not None else sample_images(bundle)
     chosen = list(graphs) if graphs else [g for g in bundle.graphs if parse_step(g) is None]
-    unknown = [g for g in chosen if g not in bundle.graphs or parse_step(g) is not None]
+    steps = [g for g in chosen if parse_step(g) is not None]
+    if steps:
+        raise BenchError(f"{', '.join(steps)}: adaptive depth's step graphs run only one after another; the 'matcher "
+                         "adaptive' row of --graphs matcher times them as the runtime API runs them")
+    unknown = [g for g in chosen if g not in bundle.graphs]
     if unknown:
         raise BenchError(f"{bundle}: has no graph {', '.join(unknown)}; its graphs: {', '.join(bundle.graphs)}")
     rows = []
@@ -238,7 +242,7 @@ def _adaptive(bundle: Bundle, inputs: Mapping[str, np.ndarray], batch: int, size
     layers: list[int] = []
 
     def call() -> None:
-        layers.append(run_steps(bundle.exit_rule, bundle.run, inputs).layers)
+        layers.append(run_layers(bundle.exit_rule, bundle.run, inputs).layers)
 
     log.info("bench matcher adaptive, batch %d pairs at %s", batch, size)
     row = _measure(f"matcher adaptive (of {bundle.exit_rule.layers} layers)", batch, "pairs", size, batch, call, budget,

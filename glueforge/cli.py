@@ -162,7 +162,8 @@ def build_parser() -> Parser:
                             "installed)")
     bench = sub.add_parser("bench", help="latency, throughput and peak memory of a bundle's graphs")
     bench.add_argument("bundles", type=_existing("directory"), nargs="+", metavar="bundle")
-    bench.add_argument("--graphs", help="comma-separated (default: every graph of the bundle)")
+    bench.add_argument("--graphs", help="comma-separated (default: every graph of the bundle but adaptive depth's step "
+                       "graphs, which the 'matcher adaptive' row of the matcher times)")
     bench.add_argument("--batch", type=_batches, default=[1], help="comma-separated batch sizes: pairs, or images for the extractor")
     bench.add_argument("--warmup", type=_count(0), default=3)
     budget = bench.add_mutually_exclusive_group()

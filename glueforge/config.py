@@ -259,6 +259,9 @@ def project_schema() -> type[BaseModel]:
                                  "(no matcher: extractor only; a host extractor or dense maps: no end2end)")
             if self.matcher is None:
                 return self
+            if self.matcher.exit_rule is not None and "matcher" not in self.graphs:
+                raise ValueError(f"matcher.depth_confidence: adaptive depth runs the matcher's step graphs, which are built "
+                                 f"with the matcher graph; export.graphs {list(self.export.graphs or [])} has none")
             if self.matcher.input_dim != self.extractor.descriptor_dim:
                 raise ValueError(f"matcher takes {self.matcher.input_dim}-D descriptors; extractor "
                                  f"{self.extractor.family} gives {self.extractor.descriptor_dim}-D")
@@ -323,7 +326,7 @@ class ExportSettings:
     opset: int
     graphs: list[str]
     match_output: str  # "list" or "dense", from the target's runtime
-    extractor: ExtractorSpec
+    extractor: Optional[ExtractorSpec]  # None in a step graph's trace view (for_graph): it reads no extractor
     matcher: Optional[MatcherSpec]
     sizes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # min/opt/max [H, W] of shape profiles
     validate_sizes: tuple[tuple[int, int], ...] = ()  # besides image_size
@@ -331,15 +334,17 @@ class ExportSettings:
     def for_graph(self, graph: str) -> "ExportSettings":
         """What tracing ``graph`` reads: no model name (a label, not an input), no validated or profile sizes
         (H and W are dynamic; the trace runs at ``image_size``), and for the extractor graph no matcher and no
-        match output form (nor for an adaptive-depth layer graph, which returns no matches); the fixed-depth graphs
-        of a matcher with an exit rule are traced without it, as the same model's without adaptive depth are. Equal views trace equal graphs, whichever model or target asks."""
+        match output form (nor for an adaptive-depth layer graph, which returns no matches); the matcher without its
+        exit rule, which only the host applies; for a step graph of adaptive depth no extractor (it is traced on seeded
+        inputs of the matcher's size). Equal views trace equal graphs, whichever model or target asks."""
         alone = graph == "extractor"
         step = parse_step(graph)
-        matcher = self.matcher
-        if matcher is not None and step is None and matcher.exit_rule is not None:  # the fixed-depth graphs ignore the rule
-            matcher = matcher.at_fixed_depth()
+        # no graph reads the exit rule (the host applies it): fixed-depth graphs and step graphs are the same for any
+        # depth_confidence, and those of a model without adaptive depth
+        matcher = self.matcher.at_fixed_depth() if self.matcher is not None else None
         layer = step is not None and step[0] == "layer"  # a layer returns no matches: the match form is not its concern
         return dataclasses.replace(self, model="", graphs=[graph], sizes={}, validate_sizes=(),
+                                   extractor=None if step is not None else self.extractor,
                                    matcher=None if alone else matcher, match_output="" if alone or layer else self.match_output)
 
     def for_reference(self) -> "ExportSettings":

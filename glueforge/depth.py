@@ -14,18 +14,17 @@ authors suggest (cvg/LightGlue#66), and the host decides between them:
 - ``matcher_exit<i>``: ``keypoints``, ``states`` after layer i -> the ``matcher`` graph's match
   outputs, from layer i's assignment head.
 
-:class:`ExitRule` is the decision (upstream's ``check_if_stop``); :func:`run` the loop. Neither
-needs torch: the runtime API runs it with any runtime's graphs. The fixed-depth ``matcher`` and
+:class:`ExitRule` is the decision (upstream's ``check_if_stop``); ``glueforge.api.run_layers`` the
+loop, which the runtime API runs with any runtime's graphs. Neither needs torch. The fixed-depth ``matcher`` and
 ``end2end`` graphs stay in the bundle and are unchanged.
 """
 
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -62,19 +61,18 @@ def parse_step(graph: str) -> tuple[str, int] | None:
     return ("layer" if found.group(1) == LAYER else "exit"), int(found.group(2))
 
 
+RULE = ("stop after layer i (not the last) when, in every pair, the share of real keypoints whose confidence is at "
+        "least thresholds[i] exceeds depth_confidence")
+
+
 @dataclass(frozen=True)
 class ExitRule:
     """Stop after layer i (not the last) when, in every pair, the share of real keypoints of both images whose
-    confidence is at least ``thresholds[i]`` exceeds ``depth_confidence``: kornia's ``LightGlue.check_if_stop``,
-    whose thresholds are ``0.8 + 0.1 * exp(-4 i / L)`` (``confidence_threshold``). Padded slots are not counted."""
+    confidence is at least ``thresholds[i]`` exceeds ``depth_confidence`` (LightGlue's ``check_if_stop``; the matcher
+    family gives the thresholds). Padded slots are not counted."""
 
     depth_confidence: float
     thresholds: tuple[float, ...]  # one per layer that has a confidence head (L - 1)
-
-    @classmethod
-    def lightglue(cls, depth_confidence: float, layers: int) -> "ExitRule":
-        return cls(depth_confidence, tuple(min(max(0.8 + 0.1 * math.exp(-4.0 * i / layers), 0.0), 1.0)
-                                           for i in range(layers - 1)))
 
     @property
     def layers(self) -> int:
@@ -87,43 +85,20 @@ class ExitRule:
         counts = real.reshape(-1, 2, real.shape[-1]).sum(axis=(1, 2))
         return sure.reshape(-1, 2, real.shape[-1]).sum(axis=(1, 2)) / np.maximum(counts, 1)
 
-    def stops(self, confidences: np.ndarray, real: np.ndarray, layer: int) -> bool:
-        """Whether every pair may stop after ``layer`` (never after the last, which has no confidence head)."""
+    def decisions(self, confidences: np.ndarray, real: np.ndarray, layer: int) -> np.ndarray:
+        """Per pair, whether it may stop after ``layer`` (never after the last, which has no confidence head)."""
         if layer >= self.layers - 1:
-            return False
-        return bool((self.confident(confidences, real, layer) > self.depth_confidence).all())
+            return np.zeros(real.shape[0] // 2, bool)
+        return self.confident(confidences, real, layer) > self.depth_confidence
+
+    def stops(self, confidences: np.ndarray, real: np.ndarray, layer: int) -> bool:
+        """Whether the batch stops after ``layer``: every pair may."""
+        return bool(self.decisions(confidences, real, layer).all())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"policy": Policy.ADAPTIVE.value, "rule": "stop after layer i when, in every pair, the share of real keypoints with confidence >= "
-                        "thresholds[i] exceeds depth_confidence (LightGlue's check_if_stop)",
-                "depth_confidence": self.depth_confidence, "thresholds": list(self.thresholds),
-                "layers": self.layers}
+        return {"policy": Policy.ADAPTIVE.value, "rule": RULE, "depth_confidence": self.depth_confidence,
+                "thresholds": list(self.thresholds), "layers": self.layers}
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> "ExitRule":
         return cls(float(record["depth_confidence"]), tuple(float(t) for t in record["thresholds"]))
-
-
-@dataclass
-class Outcome:
-    """The match outputs of the exit graph the rule chose, and how many layers ran."""
-
-    outputs: dict[str, np.ndarray]
-    layers: int
-
-
-def run(rule: ExitRule, infer: Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],
-        feed: Mapping[str, np.ndarray]) -> Outcome:
-    """Run the step graphs on the ``matcher`` graph's ``feed`` (``keypoints``, ``descriptors``, ``image_sizes`` and the
-    keypoint inputs): layers until the rule stops or the last has run, then that layer's exit."""
-    real = np.asarray(feed["keypoints"])[..., 0] >= 0  # padded slots are x < 0 (glueforge.schema.PADDING)
-    common = {name: value for name, value in feed.items() if name != "descriptors"}
-    states = None
-    for layer in range(rule.layers):
-        inputs = {**common, "descriptors": feed["descriptors"]} if layer == 0 else {**common, "states": states}
-        out = infer(layer_graph(layer), inputs)
-        states = out[NEXT_STATES]
-        if rule.stops(out.get("confidences", np.zeros(0)), real, layer):
-            break
-    exit_feed = {"keypoints": feed["keypoints"], "states": states}
-    return Outcome(dict(infer(exit_graph(layer), exit_feed)), layer + 1)

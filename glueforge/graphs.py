@@ -114,7 +114,7 @@ def interleave(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 class LayerGraph(nn.Module):
     """``matcher_layer<index>``: keypoints (2B, K, 2), states (2B, K, D) (layer 0: descriptors (2B, K, Din)), image_sizes
-    (2B, 2), keypoint inputs (2B, K) -> states (2B, K, D), confidences (2B, K) (none after the last layer)."""
+    (2B, 2), keypoint inputs (2B, K) -> next_states (2B, K, D), confidences (2B, K) (none after the last layer)."""
 
     def __init__(self, matcher: SteppedMatcher, index: int) -> None:
         super().__init__()
@@ -185,12 +185,12 @@ def graph_io(name: str, spec: Any, channels: int, descriptor_dim: int) -> tuple[
     if name == "matcher":
         return [keypoints_pairs, descriptors, sizes, *features], matches
     step = parse_step(name)
-    if step is not None and spec.matcher is not None and spec.matcher.exit_rule is not None:
+    if step is not None and spec.matcher is not None and spec.matcher.layers and step[1] < spec.matcher.layers:
         kind, index = step
         states = TensorSpec(STATES, "float32", ("2B", k, spec.matcher.state_dim))
         if kind == "exit":
             return [keypoints_pairs, states], matches
-        last = index == spec.matcher.exit_rule.layers - 1
+        last = index == spec.matcher.layers - 1
         return ([keypoints_pairs, descriptors if index == 0 else states, sizes, *features],
                 [TensorSpec(NEXT_STATES, "float32", states.shape)] + ([] if last else [TensorSpec("confidences", "float32", ("2B", k))]))
     raise KeyError(f"unknown graph {name!r}; known graphs: {', '.join(GRAPHS)}")
@@ -211,15 +211,17 @@ class Models:
         """The patched extractor, built on first use (a step graph's trace needs none); None for a host extractor
         (SIFT), whose features come from the family's ``extract``."""
         x = self.spec.extractor
-        return None if x.host else registry.family(x.family).build(x, self._weights.get("extractor"), self.spec)
+        return None if x is None or x.host else registry.family(x.family).build(x, self._weights.get("extractor"), self.spec)
 
     @property
     def channels(self) -> int:
-        return self.spec.extractor.channels
+        """The images' channels (1 where the view has no extractor: a step graph takes no images)."""
+        return self.spec.extractor.channels if self.spec.extractor is not None else 1
 
     @property
     def descriptor_dim(self) -> int:
-        return self.spec.extractor.descriptor_dim
+        """The descriptor size: the extractor's, which the matcher takes (a step graph's view has only the matcher)."""
+        return self.spec.extractor.descriptor_dim if self.spec.extractor is not None else self.spec.matcher.input_dim
 
     @property
     def feature_index(self) -> tuple[int, ...]:
@@ -253,8 +255,8 @@ class Models:
     def _step(self, name: str) -> tuple[str, int] | None:
         """A step graph's kind and index, where the matcher runs adaptively (``glueforge.depth``)."""
         step = parse_step(name)
-        rule = self.spec.matcher.exit_rule if self.spec.matcher is not None else None
-        return step if step is not None and rule is not None and step[1] < rule.layers else None
+        layers = self.spec.matcher.layers if self.spec.matcher is not None else None
+        return step if step is not None and layers and step[1] < layers else None
 
     def example_inputs(self, name: str, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inputs of graph ``name`` derived from an interleaved image batch (2B, C, H, W)."""
@@ -291,7 +293,7 @@ class Models:
         dense = self.spec.match_output == "dense"
         calls: dict[str, tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
         states = descriptors
-        layers = self.spec.matcher.exit_rule.layers
+        layers = self.spec.matcher.layers
         for name in step_graphs(layers)[:layers]:
             _, index = parse_step(name)
             args = (keypoints, states, sizes, *features)

@@ -97,15 +97,22 @@ def _validation_section(validation: Mapping[str, Any]) -> str:
     names = {"keypoint_mnn": ("keypoint_mnn", "keypoints with a mutual nearest neighbour within 1 px (worst image)"),
              "descriptor_cosine": ("descriptor_cosine_mean", "mean descriptor cosine on those keypoints"),
              "match_recall": ("match_recall", "share of the reference's matches reproduced (worst pair)")}
+    steps = {"match_recall": ("match_agreement", "adaptive-depth exit: matches agreeing with the golden exit's, both ways "
+                                                 "(worst pair)")}
     rows = []
     for graph, result in (validation.get("graphs") or {}).items():
         for size, at_size in result.get("sizes", {}).items():
             metrics = at_size["metrics"]
-            for check, (metric, meaning) in names.items():
+            for check, (metric, meaning) in [*names.items(), *steps.items()]:
                 if metric in metrics:
                     value, threshold = metrics[metric], thresholds.get(check)
                     rows.append((_e(graph), _e(size), _e(meaning), f"{value:.4f}", f"&ge; {threshold}",
                                  _verdict(threshold is None or value >= threshold)))
+            if "stop_decisions_agree" in metrics:
+                rows.append((_e(graph), _e(size), "adaptive-depth layer: the exit rule's decision on every pair as on the "
+                             f"golden outputs (confident share differs by {metrics['confident_share_diff']:.4f})",
+                             "yes" if metrics["stop_decisions_agree"] else "no", "yes",
+                             _verdict(bool(metrics["stop_decisions_agree"]))))
             if "matches" in metrics:
                 rows.append((_e(graph), _e(size), "matches (engine / reference)",
                              f"{int(metrics['matches'])} / {int(metrics.get('reference_matches', 0))}", "", ""))

@@ -91,9 +91,9 @@ class MatcherSpec(Strict):
         raise NotImplementedError
 
     @property
-    def layers(self) -> int:
-        """The layers the ``matcher`` graph runs."""
-        raise NotImplementedError
+    def layers(self) -> Optional[int]:
+        """The layers the ``matcher`` graph runs (None: a matcher that is not layered)."""
+        return None
 
     def at_fixed_depth(self) -> "MatcherSpec":
         """This matcher without its exit rule (what its fixed-depth graphs read)."""
@@ -102,7 +102,9 @@ class MatcherSpec(Strict):
     def depth_policy(self) -> dict[str, Any]:
         """What the manifest says of the matcher's depth: fixed, with its layers, or adaptive, with its exit rule."""
         rule = self.exit_rule
-        return rule.as_dict() if rule is not None else {"policy": Policy.FIXED.value, "layers": self.layers}
+        if rule is not None:
+            return rule.as_dict()
+        return {"policy": Policy.FIXED.value, **({"layers": self.layers} if self.layers else {})}
 
     @property
     def exit_rule(self) -> Optional[ExitRule]:

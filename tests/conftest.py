@@ -43,11 +43,12 @@ os.environ.setdefault("GLUEFORGE_DOWNLOAD_CACHE", str(REPO / "artifacts" / "down
 
 
 # fixtures that build real bundles: a test that uses one is slow (`pytest -m "not slow"` is the inner loop)
-BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh", "built_for", "int8_built"}
+BUILDING = {"built", "openvino_built", "rtx_built", "fused", "seeded", "fresh", "built_for", "int8_built", "adaptive_built"}
 
 
 # the order in which the build chains (below) finish: a slow test runs after those that need earlier chains
-READY = {"built": 1, "fresh": 1, "openvino_built": 2, "seeded": 2, "int8_built": 2, "fused": 3, "rtx_built": 4}
+READY = {"built": 1, "fresh": 1, "openvino_built": 2, "seeded": 2, "int8_built": 2, "adaptive_built": 3, "fused": 3,
+         "rtx_built": 4}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -85,8 +86,8 @@ def pytest_collection_modifyitems(config, items):
 #          -> [after R's fused graphs] orin_nano, agx_orin (clone O)
 #     -> [after A's build] openvino (clone V: hard links of A's artifacts, its cpu bundles included)
 #     -> [after A's graphs and references] int8 (clone I): INT8 bundles of one model, and orin_nano_int8's ONNX stages
-#     -> [after A's graphs and references] adaptive (clone D): one model's adaptive-depth cpu bundle, and orin_nano's
-#        ONNX stages of its step graphs
+#          -> [after int8] adaptive (clone D): one model's adaptive-depth cpu bundle, and orin_nano's ONNX stages of
+#             its step graphs
 #   seeded (a project of its own)
 # (a checkout runs one build at a time: the chains after cpu build in clones of their own, so that they run beside
 # each other, and beside the tests that run doit in clone A). A chain that builds on another's first steps starts
@@ -259,8 +260,9 @@ def adaptive_chain(root: Path):
     graphs are A's; its step graphs and references its own), then orin_nano's ONNX stages of it (the step graphs
     through the TensorRT parser proxy; tests/test_depth.py)."""
     def steps(doit_in, mark):
+        start("int8").result()  # after the int8 chain, which also starts from A's graphs: fewer builds at once
         project = clone_project(root / "project", artifacts_from=start("cpu").milestone("graphs"))
-        config = f"config={ADAPTIVE_OVERLAY}"
+        config = f"config={ADAPTIVE_OVERLAY},{REPO / 'tests' / 'ci.yaml'}"  # and the tests' benchmark settings
         proc, executed, _ = doit_in(project, "build", "target=cpu", config, f"model={ADAPTIVE_MODEL}")
         _log(project, "cpu", proc)
         _check(proc, executed, {f"{stage}:cpu:{ADAPTIVE_MODEL}" for stage in ("fuse", "engine", "validate", "bundle")})

@@ -47,12 +47,7 @@ def test_real_models_yaml_loads():
     config = Config.load(MODELS_YAML)
     assert set(config.project.models) == {"aliked_lightglue", "disk_lightglue", "xfeat_lighterglue", "aliked_t16",
                                           "aliked_n16rot", "aliked_n32", "superpoint_lightglue", "superpoint_dense",
-                                          "superpoint_open", "sift_lightglue", "aliked_lightglue_adaptive",
-                                          "disk_lightglue_adaptive"}
-    for model in ("aliked_lightglue", "disk_lightglue"):  # the same model, with its step graphs
-        fixed, adaptive = config.model(model), config.model(f"{model}_adaptive")
-        assert adaptive.matcher.at_fixed_depth() == fixed.matcher and adaptive.extractor == fixed.extractor
-        assert adaptive.graphs == fixed.graphs + depth.step_graphs(fixed.matcher.layers) and not adaptive.default
+                                          "superpoint_open", "sift_lightglue"}
     assert set(config.project.targets) == {"cpu", "openvino", "orin_nano", "orin_nx", "agx_orin", "rtx_2060", "rtx",
                                            "cpu_int8", "openvino_int8", "orin_nano_int8"}
     assert config.path == MODELS_YAML
@@ -153,13 +148,21 @@ def test_unknown_model_lists_valid_ones(config):
     assert "aliked_lightglue" in msg and "disk_lightglue" in msg
 
 
+def test_the_adaptive_depth_overlay_adds_the_same_models_with_their_step_graphs():
+    config = Config.load(MODELS_YAML, [REPO / "overlays" / "adaptive_depth.yaml"])
+    for model in ("aliked_lightglue", "disk_lightglue"):
+        fixed, adaptive = config.model(model), config.model(f"{model}_adaptive")
+        assert adaptive.matcher.at_fixed_depth() == fixed.matcher and adaptive.extractor == fixed.extractor
+        assert adaptive.export == fixed.export and adaptive.matcher.exit_rule.depth_confidence == 0.95
+        assert adaptive.graphs == fixed.graphs + depth.step_graphs(9)
+
+
 def test_select_models(config):
     defaults = ["aliked_lightglue", "disk_lightglue", "xfeat_lighterglue", "aliked_t16", "aliked_n16rot", "aliked_n32"]
     assert config.select_models(None) == defaults  # the models validated on real weights, in models.yaml's order
     assert config.select_models("all") == list(config.project.models)
     assert set(config.select_models("all")) - set(defaults) == {"superpoint_lightglue", "superpoint_dense",
-                                                                "superpoint_open", "sift_lightglue", "aliked_lightglue_adaptive",
-                                                                "disk_lightglue_adaptive"}
+                                                                "superpoint_open", "sift_lightglue"}
     assert config.select_models(" disk_lightglue , aliked_lightglue") == ["disk_lightglue", "aliked_lightglue"]
     with pytest.raises(ConfigError) as info:
         config.select_models("aliked_lightglue,nosuch")

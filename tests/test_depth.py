@@ -3,10 +3,12 @@
 - The rule's thresholds are kornia's ``confidence_threshold``; padded slots do not count; a batch stops only when
   every pair may; the last layer never stops.
 - On real ALIKED features of two photographs (a KITTI frame pair, which LightGlue leaves early, and a wide-baseline
-  pair, which it leaves late) and the real ``aliked_lightglue`` weights: ``glueforge.depth.run`` over the step graphs'
+  pair, which it leaves late) and the real ``aliked_lightglue`` weights: ``glueforge.api.run_layers`` over the step graphs'
   modules (``glueforge.graphs.LayerGraph`` and ``ExitGraph``) stops at the layer kornia's LightGlue with
   ``depth_confidence`` stops at, and returns its matches, with the padded slots in between.
 - Without stopping, the steps give the fixed-depth ``matcher`` graph's outputs.
+
+The built bundle: tests/test_depth_bundle.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import pytest
 import torch
 
 from glueforge import depth
-from glueforge.api import load_image
+from glueforge.api import load_image, run_layers
+from glueforge.exporters import lightglue
 from glueforge.config import Config
 from glueforge.fetch import fetch
 from glueforge.graphs import ExitGraph, LayerGraph, Models
@@ -31,7 +34,7 @@ K = 1024
 def test_rule_is_kornias_check_if_stop():
     from kornia.feature import LightGlue
 
-    rule = depth.ExitRule.lightglue(0.95, 9)
+    rule = depth.ExitRule(0.95, lightglue.confidence_thresholds(9))
     kornia = LightGlue(features=None, n_layers=9, input_dim=128, descriptor_dim=256, num_heads=4, depth_confidence=0.95)
     assert rule.thresholds == pytest.approx([kornia.confidence_threshold(i) for i in range(8)], abs=1e-12)
     real = np.array([[True] * 8 + [False] * 2, [True] * 10])  # one pair: 18 real points, 2 padded
@@ -113,7 +116,7 @@ def test_steps_equal_kornia_adaptive_depth(aliked, pair):
     models, kornia, pairs = aliked
     features = pairs[pair]
     rule = models.spec.matcher.exit_rule
-    outcome = depth.run(rule, _infer(models), _feed(features))
+    outcome = run_layers(rule, _infer(models), _feed(features))
     data = {f"image{i}": {"keypoints": torch.from_numpy(f["keypoints"])[None], "descriptors": torch.from_numpy(f["descriptors"])[None],
                           "image_size": torch.from_numpy(f["image_size"])[None]} for i, f in enumerate(features)}
     with torch.inference_mode():
@@ -133,7 +136,7 @@ def test_steps_without_exit_equal_the_fixed_matcher(aliked):
     models, _, pairs = aliked
     feed = _feed(pairs["wide"])
     never = depth.ExitRule(1.0 - 1e-9, models.spec.matcher.exit_rule.thresholds)  # no share of points exceeds it
-    outcome = depth.run(never, _infer(models), feed)
+    outcome = run_layers(never, _infer(models), feed)
     assert outcome.layers == 9
     with torch.no_grad():
         fixed = models.graph("matcher").matcher(*(torch.from_numpy(feed[n][i::2]) for n in ("keypoints",) for i in (0, 1)),
@@ -141,62 +144,3 @@ def test_steps_without_exit_equal_the_fixed_matcher(aliked):
                                                 *(torch.from_numpy(feed["image_sizes"][i::2]) for i in (0, 1)))
     np.testing.assert_array_equal(outcome.outputs["matches0"], fixed[0].numpy())
     np.testing.assert_allclose(outcome.outputs["mscores0"], fixed[1].numpy(), atol=1e-5)
-
-
-# -- the built bundle (clone D: tests/conftest.py adaptive_chain) -------------------------------------------------------
-def _bundle_dir(project):
-    from tests.project import ADAPTIVE_MODEL, ADAPTIVE_OVERLAY
-
-    return project / "artifacts" / "store" / ADAPTIVE_MODEL / Config.load(REPO / "models.yaml", [ADAPTIVE_OVERLAY]).model(ADAPTIVE_MODEL).version / "cpu"
-
-
-@pytest.mark.slow
-def test_adaptive_bundle_runs_layer_by_layer(adaptive_built):
-    """The adaptive-depth cpu bundle: its manifest states the exit rule, the runtime API stops early on consecutive
-    frames and runs every layer at fixed depth, the validation records the layers used, the report shows the policy."""
-    import json
-
-    import glueforge
-    from glueforge.api import BundleError
-
-    directory = _bundle_dir(adaptive_built)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    rule = manifest["matcher"]["depth"]
-    assert rule["policy"] == "adaptive" and rule["depth_confidence"] == 0.95 and rule["layers"] == 6
-    assert rule["thresholds"] == pytest.approx(depth.ExitRule.lightglue(0.95, 6).thresholds)
-    assert set(depth.step_graphs(6)) <= set(manifest["graphs"]) and {"end2end", "matcher"} <= set(manifest["graphs"])
-    frames = [load_image(SHARED_DATA / "sequences" / "kitti" / name) for name in ("000100.png", "000101.png")]
-    with glueforge.open(directory) as bundle:
-        f0, f1 = bundle.extract(frames)
-        adaptive, fixed = bundle.match(f0, f1), bundle.match(f0, f1, depth="fixed")
-        assert fixed.layers == 6 and adaptive.layers < 6, (fixed.layers, adaptive.layers)
-        expected = {tuple(m) for m in fixed.matches.tolist()}
-        assert len(expected) > 100
-        assert len(expected & {tuple(m) for m in adaptive.matches.tolist()}) >= 0.9 * len(expected)
-        assert bundle.match_pair(*frames).layers == adaptive.layers  # the bundle's policy, not the fixed end2end graph
-        assert bundle.match_pair(*frames, depth="fixed").layers is None  # the end2end graph
-        with pytest.raises(BundleError, match="depth='deep'"):
-            bundle.match(f0, f1, depth="deep")
-    validation = json.loads((directory / "validation.json").read_text())
-    assert validation["homography"]["depth"] == "adaptive" and validation["homography"]["passed"]
-    pairs = validation["adaptive_depth"]["pairs"]
-    assert pairs and all(1 <= p["layers"] <= 6 and 0 <= p["reproduced"] <= 1 for p in pairs)
-    for step in depth.step_graphs(6):
-        assert validation["graphs"][step]["passed"], step
-    exits = [validation["graphs"][depth.exit_graph(i)]["metrics"]["match_agreement"] for i in range(6)]
-    assert min(exits) >= 0.95, exits
-    report = (directory / "report.html").read_text()
-    assert "adaptive, up to 6 layers (depth_confidence 0.95)" in report and "<h2>Adaptive depth</h2>" in report
-
-
-@pytest.mark.slow
-def test_step_graphs_pass_the_parser_proxy(adaptive_built):
-    """orin_nano's fuse step (the chain's) ran the TensorRT parser proxy on every step graph."""
-    import json
-
-    checks = [json.loads(p.read_text())["meta"]["check"] for p in (adaptive_built / "artifacts" / "cas" / "fuse").glob("*/result.json")
-              if "matcher_layer0" in json.loads(p.read_text())["meta"].get("check", {}).get("graphs", {})]
-    assert checks, "no fuse step checked the step graphs"
-    graphs = checks[0]["graphs"]
-    assert set(depth.step_graphs(6)) <= set(graphs)
-    assert all(graphs[g]["parsed"] and graphs[g]["built"] for g in depth.step_graphs(6)), graphs

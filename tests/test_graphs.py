@@ -22,7 +22,7 @@ class _Extractor(SimpleNamespace):
 
 
 EXTRACTOR = _Extractor(keypoint_features=("scales", "oris"))
-MATCHER = SimpleNamespace(keypoint_inputs=("oris", "scales"), exit_rule=None)  # another order than the extractor's; fixed depth
+MATCHER = SimpleNamespace(keypoint_inputs=("oris", "scales"), exit_rule=None, layers=None)  # another order than the extractor's; fixed depth
 SPEC = SimpleNamespace(image_size=[32, 48], keypoints=K, match_output="dense", extractor=EXTRACTOR, matcher=MATCHER)
 
 

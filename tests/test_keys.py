@@ -59,6 +59,9 @@ MODEL_READERS = {
     "export.validate_sizes": {"reference"},
     "export.keypoints": {"export/end2end", "export/extractor", "export/matcher", "interface", "reference", "validate"},
     "export.opset": {"export/end2end", "export/extractor", "export/matcher"},
+    # the exit rule of adaptive depth: applied on the host, so no graph reads it; the golden outputs of the step graphs,
+    # their validation and the manifest do
+    "matcher.depth_confidence": {"reference", "validate", "benchmark", "bundle"},
 }
 
 
@@ -108,7 +111,7 @@ def _set(data: dict, path: tuple[str, ...], value: Any) -> dict:
 
 @pytest.fixture(scope="module")
 def base() -> tuple[dict, Config]:
-    config = Config.load(REPO / "models.yaml")
+    config = Config.load(REPO / "models.yaml", [REPO / "overlays" / "adaptive_depth.yaml"])  # with adaptive-depth models
     data = yaml.safe_load((REPO / "models.yaml").read_text())
     # every field explicit, defaults included, so that the walk reaches each one
     data["targets"] = {n: t.model_dump(mode="json") for n, t in config.project.targets.items()}
@@ -177,15 +180,20 @@ def test_each_target_field_rekeys_exactly_the_steps_that_read_it(base, target):
     assert _walk(base, "aliked_lightglue", target, ("targets", target), readers) >= 20
 
 
-@pytest.mark.parametrize("model", ["aliked_lightglue", "aliked_t16"])
+@pytest.mark.parametrize("model", ["aliked_lightglue", "aliked_t16", "aliked_lightglue_adaptive"])
 def test_each_model_field_rekeys_exactly_the_steps_that_read_it(base, model):
     data = base[0]
 
     def readers(path, steps):
         if path[2:] == ("export", "graphs") or _get(data, path) is None and path[2] == "matcher":
             return None  # which steps exist: the graphs built, or a matcher for an extractor-only model
-        where = ".".join(path[2:4]) if path[2] == "export" else path[2]
-        return {s for s in MODEL_READERS[where] if s in steps}
+        if path[2:] == ("matcher", "n_layers") and _get(data, path[:3]).get("depth_confidence") is not None:
+            return None  # which steps exist: an adaptive matcher's step graphs, one pair per layer
+        where = ".".join(path[2:4]) if path[2] in ("export", "matcher") and ".".join(path[2:4]) in MODEL_READERS else path[2]
+        readers = MODEL_READERS[where]
+        if "export/matcher" in readers and path[2] != "extractor":  # the step graphs (adaptive depth) hold the matcher alone
+            readers = readers | {s for s in steps if s.startswith("export/matcher_")}
+        return {s for s in readers if s in steps}
 
     assert _walk(base, model, "cpu", ("models", model), readers) >= 6
 

@@ -13,8 +13,9 @@ Two checks, both of which must pass:
    minimum is reported too), and the share of reference matches reproduced (worst pair).
    The step graphs of adaptive depth (``glueforge.depth``) have no reference of their own
    (upstream has no per-layer model): a layer's ``next_states`` and ``confidences`` are held to the
-   golden outputs by (1), which needs their tolerances, and an exit's matches must reproduce
-   the golden exit's as the target's ``match_recall`` says (``match_agreement``).
+   golden outputs by (1), which needs their tolerances, and must take the golden outputs'
+   decision to stop on every pair; an exit's matches must agree with the golden exit's, both
+   ways, as the target's ``match_recall`` says (``match_agreement``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from glueforge import GlueforgeError
-from glueforge.depth import parse_step
+from glueforge.depth import ExitRule, parse_step
 from glueforge.progress import progress
 from glueforge.schema import TargetSpec as Target
 from glueforge.validation.metrics import matches_of_pair, mutual_nearest, pair_metrics
@@ -176,14 +177,32 @@ def judge(metrics: dict[str, float], target: Target) -> dict[str, bool]:
     return checks
 
 
-def step_metrics(kind: str, produced: dict[str, np.ndarray], golden: dict[str, np.ndarray]) -> dict[str, float]:
-    """An exit graph's share of the golden exit's matches (list form) that it reproduces; nothing for a layer."""
-    if kind == "layer":
-        return {}
-    expected = {tuple(m) for m in list_form(golden)["matches"].tolist()}
-    produced_matches = list_form(produced)["matches"] if "matches0" in produced else produced["matches"]
-    found = {tuple(m) for m in np.asarray(produced_matches).tolist()}
-    return {"match_agreement": len(expected & found) / len(expected) if expected else float(not found)}
+def step_metrics(step: tuple[str, int], produced: dict[str, np.ndarray], golden: dict[str, np.ndarray],
+                 feed: dict[str, np.ndarray], rule: ExitRule | None) -> tuple[dict[str, float], dict[str, bool]]:
+    """Metrics and checks of a step graph (adaptive depth) against its golden outputs.
+
+    An exit: per pair, the share of the golden exit's matches it reproduces and of its matches the golden exit has
+    (``match_agreement``, the worst of both over the pairs; it must reach ``match_recall``). A layer with a confidence
+    head: per pair, the share of real keypoints confident by the exit rule in its output and in the golden one, which
+    must lead to the same decision to stop (``stop_decisions_agree``), since the medians of ``next_states`` and
+    ``confidences`` cannot see a few points that cross a threshold."""
+    kind, index = step
+    if kind == "exit":
+        expected = list_form(golden)["matches"]
+        found = list_form(produced)["matches"] if "matches0" in produced else np.asarray(produced["matches"])
+        shares = []
+        for pair in range(feed["keypoints"].shape[0] // 2):
+            e = {tuple(m) for m in expected[expected[:, 0] == pair].tolist()}
+            f = {tuple(m) for m in found[found[:, 0] == pair].tolist()}
+            shares += [len(e & f) / len(e) if e else float(not f), len(e & f) / len(f) if f else float(not e)]
+        return {"match_agreement": min(shares)}, {}
+    if rule is None or "confidences" not in produced or index >= rule.layers - 1:
+        return {}, {}
+    real = np.asarray(feed["keypoints"])[..., 0] >= 0
+    ours, theirs = (rule.confident(outputs["confidences"], real, index) for outputs in (produced, golden))
+    agree = bool((rule.decisions(produced["confidences"], real, index) == rule.decisions(golden["confidences"], real, index)).all())
+    return ({"confident_share_diff": float(np.abs(ours - theirs).max()), "stop_decisions_agree": float(agree)},
+            {"stop_decisions_agree": agree})
 
 
 def cases(flat: Mapping[str, np.ndarray], graph: str) -> list[str]:
@@ -196,7 +215,8 @@ def worst(per_size: Mapping[str, dict[str, Any]]) -> dict[str, float]:
     metrics = [r["metrics"] for r in per_size.values()]
     if not metrics[0]:
         return {}
-    return {k: (sum(m[k] for m in metrics) if k in ("matches", "reference_matches") else min(m[k] for m in metrics))
+    return {k: (sum(m[k] for m in metrics) if k in ("matches", "reference_matches")
+                else max(m[k] for m in metrics) if k.endswith("_diff") else min(m[k] for m in metrics))
             for k in metrics[0]}
 
 
@@ -206,12 +226,14 @@ def validate(
     target_name: str,
     target: Target,
     decode: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    exit_rule: ExitRule | None = None,
 ) -> dict[str, Any]:
     """Validate every graph at every recorded image size.
 
     ``engines`` maps a graph name to a polygraphy runner factory (``name -> runner``, a runtime
     module's ``runner``); ``decode``, for a dense extractor, turns the extractor graph's maps into
-    padded keypoints, scores and descriptors on the host (the family's ``decode``) before the task metrics.
+    padded keypoints, scores and descriptors on the host (the family's ``decode``) before the task metrics;
+    ``exit_rule``, for an adaptive-depth matcher, judges its layers' stop decisions (:func:`step_metrics`).
     """
     from polygraphy.logger import G_LOGGER
 
@@ -241,8 +263,9 @@ def validate(
                     if untolerated:
                         raise ValidationFailed(f"{target_name}: tolerances lacks {', '.join(untolerated)}, which the "
                                                f"adaptive-depth graph {graph} returns; add them to the target")
-                    metrics = step_metrics(step[0], produced, _split(golden, f"{graph}@{size}"))
-                    checks = {"match_agreement": metrics["match_agreement"] >= target.thresholds.match_recall} if metrics else {}
+                    metrics, checks = step_metrics(step, produced, _split(golden, f"{graph}@{size}"), feed, exit_rule)
+                    if "match_agreement" in metrics:
+                        checks["match_agreement"] = metrics["match_agreement"] >= target.thresholds.match_recall
                 passed = all(c["passed"] for c in comparison.values()) and all(checks.values())
                 per_size[size] = {"passed": passed, "outputs": comparison, "metrics": metrics, "checks": checks}
                 log.info("validate %s at %s: %s %s", graph, size, "passed" if passed else "FAILED",
@@ -267,8 +290,7 @@ def adaptive_depth(bundle: Any, reference_dir: Path) -> dict[str, Any]:
     """Adaptive against fixed depth through the runtime API ``bundle`` on each validation pair (the ``matcher`` graph's
     recorded inputs): the layers the exit rule let run and the share of the fixed-depth matches reproduced. Recorded
     for the report; the accuracy gate of the adaptive policy is the homography gate, which matches through it."""
-    from glueforge.api import pair_matches
-    from glueforge.depth import run
+    from glueforge.api import pair_matches, run_layers
 
     inputs = _npz(reference_dir / "inputs.npz")
     pairs = []
@@ -277,7 +299,7 @@ def adaptive_depth(bundle: Any, reference_dir: Path) -> dict[str, Any]:
         for pair in range(feed["keypoints"].shape[0] // 2):
             one = {name: value[2 * pair: 2 * pair + 2] for name, value in feed.items()}
             fixed = {tuple(m) for m in pair_matches(bundle.run("matcher", one), 0)[0].tolist()}
-            outcome = run(bundle.exit_rule, bundle.run, one)
+            outcome = run_layers(bundle.exit_rule, bundle.run, one)
             adaptive = {tuple(m) for m in pair_matches(outcome.outputs, 0)[0].tolist()}
             pairs.append({"size": size, "pair": pair, "layers": outcome.layers, "fixed_matches": len(fixed),
                           "reproduced": len(fixed & adaptive) / len(fixed) if fixed else 1.0})

@@ -36,7 +36,7 @@ class TraceView:
 
 def parts(graph: str) -> tuple[str, ...]:
     """The model parts a graph's trace reads: an adaptive-depth step graph (``glueforge.depth``) holds the matcher alone
-    and is traced on seeded inputs; the matcher graph on the extractor's outputs."""
+    and is traced on seeded inputs (its view has no extractor); the matcher graph on the extractor's outputs."""
     if parse_step(graph) is not None:
         return ("matcher",)
     return ("extractor",) if graph == "extractor" else ("extractor", "matcher")

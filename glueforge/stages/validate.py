@@ -69,7 +69,8 @@ class Validate(Stage):
         x, k = view.extractor, view.keypoints
         decode = (lambda outputs: registry.family(x.family).decode(x, outputs, k)) if x.dense else None
         reference = inputs["reference"].path
-        report = validate(runners, reference, view.target_name, view.target, decode)
+        report = validate(runners, reference, view.target_name, view.target, decode,
+                          view.matcher.exit_rule if view.matcher is not None else None)
         report["measured_with"] = runtime.measured_with
         if not report["passed"]:
             failed = {f"{g}@{size}": {**{k: v for k, v in r["checks"].items() if not v},
