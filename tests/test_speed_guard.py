@@ -36,6 +36,9 @@ CASES = (("aliked_lightglue", "extractor"), ("aliked_lightglue", "matcher"), ("d
          ("xfeat_lighterglue", "extractor"), ("xfeat_lighterglue", "matcher"))
 BUDGET = Budget(warmup=1, runs=5)
 MARGIN = 1.5  # a case fails above 1.5 x its baseline (the runs the baseline's note lists varied by less than 1.2 x)
+# times a case above the margin is measured again, keeping its best: the suite's build chains share the two cores, and
+# a burst of their load (the floor's rate measured at 53-96 GFLOP/s in one run, 109 alone) moved one case to 1.6 x
+RETRIES = 2
 pytestmark = pytest.mark.xdist_group("speed")  # one worker, in file order: the slowed graph's test reads the baseline
 
 
@@ -73,6 +76,16 @@ def test_cpu_bundles_stay_within_the_margin_of_their_baseline(built, one_thread)
                                         "x_floor": measured}, indent=1) + "\n")
     baseline = json.loads(BASELINE.read_text())
     assert set(baseline["x_floor"]) == set(measured), "tests/speed_baseline.json lists other cases: rewrite it"
+    # a case above the margin is timed again and keeps its best: a burst of load on the shared cores passes one attempt,
+    # a slower graph fails every one
+    for _ in range(RETRIES):
+        over = [case for case, value in measured.items() if value > MARGIN * baseline["x_floor"][case]]
+        for case in over:
+            model, graph = case.split("/")
+            with glueforge.open(_bundle(built, model)) as bundle:
+                measured[case] = min(measured[case], measure(bundle, graph))
+        if over:
+            log.info("x floor, one thread, after timing %s again: %s", over, json.dumps(measured))
     failures = slower(measured, baseline["x_floor"])
     assert not failures, "slower than the checked-in baseline:\n" + "\n".join(failures)
 
