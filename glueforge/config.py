@@ -408,6 +408,15 @@ def overlay_paths(value: str | None = None) -> list[Path]:
     return [Path(p.strip()) for p in value.split(",") if p.strip()]
 
 
+def overlay_ref(path: Path, root: Path) -> str:
+    """How provenance names an overlay: its path from the project root (what ``config=`` takes there) where it
+    lies inside the project, else its file name (a path outside says nothing on another machine)."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def _read_mapping(path: Path, what: str) -> tuple[dict[str, Any], str]:
     try:
         text = path.read_text()

@@ -28,7 +28,7 @@ import yaml
 
 from glueforge import PROJECT_ROOT, GlueforgeError, machine
 from glueforge.cache import ActionCache, DirectoryCache, GraphResults, RemoteCache, Result, SharedResults, action_key, open_remote
-from glueforge.config import Config, overlay_paths
+from glueforge.config import Config, overlay_paths, overlay_ref
 from glueforge.fetch import cached_digest, describe, fetch, weight_path
 from glueforge.files import sha256_file, sweep_temporaries, write_atomic
 from glueforge.lock import hold
@@ -379,8 +379,9 @@ class Pipeline:
         }
         overlays = self.config.overlays_under(("models", job.model), ("targets", job.target),
                                               *(("weights", name) for name in job.weight_names().values()))
-        if overlays:  # the overlay files that changed what this model for this target reads
-            prov["overlays"] = [path.name for path in overlays]
+        if overlays:  # the overlay files that changed what this model for this target reads, in the order applied
+            order = {path: i for i, path in enumerate(self.config.overlays)}
+            prov["overlays"] = [overlay_ref(path, self.root) for path in sorted(overlays, key=lambda p: order.get(p, len(order)))]
         if with_commit:
             prov["git_commit"] = self.git_commit()
         return prov

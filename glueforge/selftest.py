@@ -5,7 +5,9 @@ caller passes them, uint8) and what the runtime API returned on them when the bu
 through the runner validation used. The self-test runs the same API calls on this machine and
 checks the agreement against the thresholds the bundle was validated with (``manifest.json``
 ``glueforge.validation.thresholds``): keypoints with a mutual nearest neighbour within 1 px, descriptor
-cosine, and the share of the recorded matches reproduced, and of the produced matches recorded.
+cosine, and the share of the recorded matches reproduced, and of the produced matches recorded. A bundle
+that matches at adaptive depth also recorded the layers its matcher ran: the table shows both counts (a
+borderline exit may stop one layer apart on another machine; the match checks judge the result).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SAMPLE = "sample.npz"
 class SelfTest:
     bundle: str
     checks: list[tuple[str, float, float]] = field(default_factory=list)  # (what, value, threshold)
+    notes: list[str] = field(default_factory=list)  # facts shown with the checks, not judged
 
     @property
     def passed(self) -> bool:
@@ -34,6 +37,7 @@ class SelfTest:
         lines = [f"self-test of {self.bundle} on its sample (recorded at build) against the bundle's thresholds"]
         lines += [f"  {what:{width}s}  {value:.4f}  >= {threshold:<6g} {'ok' if value >= threshold else 'FAILED'}"
                   for what, value, threshold in self.checks]
+        lines += [f"  {note}" for note in self.notes]
         lines.append("passed" if self.passed else "FAILED")
         return "\n".join(lines)
 
@@ -72,4 +76,6 @@ def self_test(bundle: Bundle) -> SelfTest:
         result.checks.append(("recorded matches reproduced", match_recall(expected, got, corr[0], corr[1]), t["match_recall"]))
         inverse = [mutual_nearest(f.keypoints, sample[f"keypoints{i}"]) for i, f in enumerate(produced)]
         result.checks.append(("produced matches recorded", match_recall(got, expected, inverse[0], inverse[1]), t["match_recall"]))
+        if "layers" in sample:
+            result.notes.append(f"matcher layers run: {pair.layers} (recorded: {int(sample['layers'])})")
     return result

@@ -15,6 +15,7 @@ reads them (:class:`RemoteChain`). Without xdist, one process claims every chain
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -38,6 +39,31 @@ SESSION = "GLUEFORGE_TEST_SESSION"  # the session's shared directory: chain clai
 
 def session_dir() -> Path:
     return Path(os.environ[SESSION])
+
+
+TIMELINE = "chains.timeline"  # one JSON line per doit run of a chain, in the session's directory
+
+
+def record_step(chain: str, project: Path, args: tuple[str, ...], started: float, seconds: float) -> None:
+    """Append a chain's doit run to the session's timeline (appends of one short line do not interleave)."""
+    what = " ".join(a for a in args if not a.startswith("config=")) + f" (in {project.name})"
+    line = json.dumps({"chain": chain, "what": what, "started": started, "seconds": round(seconds, 1)})
+    with open(session_dir() / TIMELINE, "a") as f:
+        f.write(line + "\n")
+
+
+def timeline(since: float) -> list[str]:
+    """The session's chain steps in the order they started: start and end in minutes:seconds after ``since``."""
+    try:
+        steps = [json.loads(line) for line in (session_dir() / TIMELINE).read_text().splitlines() if line]
+    except OSError:
+        return []
+
+    def clock(t: float) -> str:
+        return f"{int(t // 60):2d}:{int(t % 60):02d}"
+
+    return [f"{clock(s['started'] - since)} -> {clock(s['started'] - since + s['seconds'])}  {s['seconds']:6.1f} s  "
+            f"{s['chain']:<9} doit {s['what']}" for s in sorted(steps, key=lambda s: s["started"])]
 
 
 def _write(path: Path, value: Any) -> None:
@@ -77,7 +103,9 @@ class Chain:
         self._process = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project, text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          env=doit_environment(project, {**self._environ, **THREADS}, env))
+        started = time.time()
         stdout, stderr = self._process.communicate()
+        record_step(self.name, project, args, started, time.time() - started)
         proc = subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
         return parse_doit(proc)
 

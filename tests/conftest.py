@@ -7,11 +7,12 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.background import SESSION, claim, session_dir
+from tests.background import SESSION, claim, session_dir, timeline
 from tests.project import (ADAPTIVE_MODEL, ADAPTIVE_OVERLAY, INT8_MODEL, MODELS, ORIN_MODEL, REPO, RTX_MODELS, RTX_TARGETS, SELECT, UNREACHABLE,
                            clone_project)
 
@@ -106,9 +107,11 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput") and SESSION not in os.environ:
         os.environ[SESSION] = tempfile.mkdtemp(prefix="glueforge-session-")
         config.stash[OWNER] = True
+        config.stash[STARTED] = time.time()
 
 
 OWNER = pytest.StashKey[bool]()
+STARTED = pytest.StashKey[float]()
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
@@ -139,6 +142,12 @@ def pytest_sessionfinish(session, exitstatus):
             chain.stop()
     if session.config.stash.get(OWNER, False):
         stop_s3()
+        steps = timeline(session.config.stash[STARTED])
+        if steps:  # where the session's time went: the longest chain is what CI waits for
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            reporter.write_sep("=", "build chains (minutes:seconds after the session started)")
+            for line in steps:
+                reporter.write_line(line)
         # the chains' projects and the S3 data live in the session's directory (about 9 GB after the whole suite)
         if os.environ.get("GLUEFORGE_KEEP_TEST_BUILDS"):
             print(f"\nthe session's builds are kept in {session_dir()} (GLUEFORGE_KEEP_TEST_BUILDS)")
@@ -166,8 +175,6 @@ def cpu_chain(root: Path):
     runtime-independent steps first (traced and simplified graphs, references: milestone ``graphs``, a snapshot of
     its artifacts that the rtx chain starts from), then the build."""
     def steps(doit_in, mark):
-        import time
-
         project = clone_project(root / "project")
         env = {"GLUEFORGE_REMOTE_CACHE": s3().url("cache"), "GLUEFORGE_S3_ENDPOINT": s3().endpoint, **s3().env()}
         started = time.monotonic()
@@ -390,7 +397,6 @@ class SeaweedS3:
         import shutil
         import subprocess
         import sys
-        import time
 
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         if not Path(weed).is_file():
@@ -422,7 +428,6 @@ class SeaweedS3:
         of the session (then only its pid is known here)."""
         import signal
         import subprocess
-        import time
 
         from tests.background import alive
 

@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import glueforge
@@ -67,6 +69,17 @@ def test_adaptive_bundle_runs_layer_by_layer(adaptive_built):
     proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "bench", str(directory), "--graphs", "matcher_layer0",
                            "--runs", "1"], capture_output=True, text=True)
     assert proc.returncode == 2 and "the 'matcher adaptive' row" in proc.stderr and "Traceback" not in proc.stderr
+    # the sample records the layers its matcher ran, and the self-test shows them beside this run's
+    with np.load(directory / "sample.npz") as sample:
+        recorded = int(sample["layers"])
+    assert 1 <= recorded <= 6
+    proc = subprocess.run([sys.executable, "-m", "glueforge.cli", "infer", str(directory), "--self-test"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(rf"matcher layers run: [1-6] \(recorded: {recorded}\)", proc.stdout), proc.stdout
+    # the rebuild command names the overlays it was built with (outside this clone: by file name)
+    rebuild = next(c for what, c in manifest["reproduce"].items() if what.startswith("the bundle"))
+    assert rebuild.endswith(f"model={ADAPTIVE_MODEL} config=adaptive.yaml,ci.yaml"), rebuild
 
 
 @pytest.mark.slow

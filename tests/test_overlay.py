@@ -209,6 +209,28 @@ def test_weight_with_sha256_and_trust_is_refused(project, tmp_path):
     assert Config.load(project / "models.yaml", [overlay]).project.weights["xfeat"].trust == "first-use"
 
 
+def test_provenance_and_reproduce_name_the_overlays_in_order(project, tmp_path):
+    """Provenance names the overlays that changed a model, in the order applied, as paths from the project root
+    (a bare name for one outside it), and the bundle's rebuild command passes them to config=."""
+    from types import SimpleNamespace
+
+    from glueforge.stages.bundle import reproduce
+
+    first = write_yaml(project / "overlays" / "keypoints.yaml", {"models": {"aliked_lightglue": {"export": {"keypoints": 512}}}})
+    second = write_yaml(tmp_path / "outside" / "desc.yaml", {"models": {"aliked_lightglue": {"description": "team"}}})
+    unrelated = write_yaml(project / "overlays" / "disk.yaml", {"models": {"disk_lightglue": {"export": {"keypoints": 512}}}})
+    pipeline = Pipeline.load(project, [first, unrelated, second])
+    overlays = pipeline.provenance(pipeline.job("aliked_lightglue", "cpu"), with_commit=False)["overlays"]
+    assert overlays == ["overlays/keypoints.yaml", "desc.yaml"]
+    view = SimpleNamespace(target_name="cpu", model="aliked_lightglue")
+    (what, command), = reproduce(view, "abc123", {}, overlays).items()
+    assert command == "git checkout abc123 && doit build target=cpu model=aliked_lightglue config=overlays/keypoints.yaml,desc.yaml"
+    assert "give its path" in what
+    (what, command), = reproduce(view, "abc123", {}, ["overlays/keypoints.yaml"]).items()
+    assert command.endswith("config=overlays/keypoints.yaml") and "give its path" not in what
+    assert "config=" not in next(iter(reproduce(view, "abc123", {}).values()))
+
+
 def test_first_use_records_then_enforces(base, project, tmp_path, no_backoff):
     team = tmp_path / "team"
     overlay = team_overlay(base, team, unreachable_first=True)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from glueforge import GlueforgeError
 from glueforge.api import run_spec
@@ -85,16 +86,22 @@ class Bundle(Stage):
             benchmarks=json.loads(inputs["benchmark"].file("benchmarks.json").read_text()),
             target_settings=payload(view.target),
             prepared=inputs["fuse"].meta,
-            reproduce=reproduce(view, provenance.get("git_commit"), engine.meta),
+            reproduce=reproduce(view, provenance.get("git_commit"), engine.meta, provenance.get("overlays", ())),
         )
         return {"manifest": {k: manifest[k] for k in ("model", "version", "target", "files")}}
 
 
-def reproduce(view: BundleView, commit: str | None, runtime: Mapping[str, Any]) -> dict[str, str]:
-    """The commands that rebuild this bundle and, from its own files, its engines."""
+def reproduce(view: BundleView, commit: str | None, runtime: Mapping[str, Any], overlays: Sequence[str] = ()) -> dict[str, str]:
+    """The commands that rebuild this bundle and, from its own files, its engines. ``overlays``: provenance's
+    names of the overlays it was built with (paths from the project root; a bare name for one outside it)."""
     checkout = (commit or "<commit>").removesuffix("-dirty")
     what = "the bundle, from the project at its commit" + (" (built with uncommitted changes)" if commit and commit.endswith("-dirty") else "")
-    commands = {what: f"git checkout {checkout} && doit build target={view.target_name} model={view.model}"}
+    build = f"doit build target={view.target_name} model={view.model}"
+    if overlays:
+        build += " config=" + ",".join(shlex.quote(o) for o in overlays)
+        if any("/" not in o for o in overlays):
+            what += "; an overlay named without a directory lay outside the project or at its root: give its path"
+    commands = {what: f"git checkout {checkout} && {build}"}
     for graph, engine in sorted((runtime.get("engines") or {}).items()):
         if engine.get("device_command"):
             commands[f"the {graph} engine on the device, from this bundle's {graph}.onnx"] = engine["device_command"]
