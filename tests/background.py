@@ -44,10 +44,25 @@ def session_dir() -> Path:
 TIMELINE = "chains.timeline"  # one JSON line per doit run of a chain, in the session's directory
 
 
-def record_step(chain: str, project: Path, args: tuple[str, ...], started: float, seconds: float) -> None:
+def _communicate(process: subprocess.Popen) -> tuple[str, str, float]:
+    """``process``'s stdout and stderr, read to the end, and the CPU seconds it and the children it waited for used
+    (``os.wait4``: the rusage of this process alone, not of the session's other builds)."""
+    out: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda n=name, f=f: out.__setitem__(n, f.read()), daemon=True)
+               for name, f in (("stdout", process.stdout), ("stderr", process.stderr))]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    for reader in readers:
+        reader.join()
+    return out["stdout"], out["stderr"], usage.ru_utime + usage.ru_stime
+
+
+def record_step(chain: str, project: Path, args: tuple[str, ...], started: float, seconds: float, cpu: float) -> None:
     """Append a chain's doit run to the session's timeline (appends of one short line do not interleave)."""
     what = " ".join(a for a in args if not a.startswith("config=")) + f" (in {project.name})"
-    line = json.dumps({"chain": chain, "what": what, "started": started, "seconds": round(seconds, 1)})
+    line = json.dumps({"chain": chain, "what": what, "started": started, "seconds": round(seconds, 1), "cpu": round(cpu, 1)})
     with open(session_dir() / TIMELINE, "a") as f:
         f.write(line + "\n")
 
@@ -62,8 +77,9 @@ def timeline(since: float) -> list[str]:
     def clock(t: float) -> str:
         return f"{int(t // 60):2d}:{int(t % 60):02d}"
 
-    return [f"{clock(s['started'] - since)} -> {clock(s['started'] - since + s['seconds'])}  {s['seconds']:6.1f} s  "
-            f"{s['chain']:<9} doit {s['what']}" for s in sorted(steps, key=lambda s: s["started"])]
+    lines = [f"{clock(s['started'] - since)} -> {clock(s['started'] - since + s['seconds'])}  {s['seconds']:6.1f} s  "
+             f"{s['cpu']:6.1f} s CPU  {s['chain']:<9} doit {s['what']}" for s in sorted(steps, key=lambda s: s["started"])]
+    return lines + [f"the chains' CPU: {sum(s['cpu'] for s in steps) / 60:.1f} min"]
 
 
 def _write(path: Path, value: Any) -> None:
@@ -104,8 +120,8 @@ class Chain:
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          env=doit_environment(project, {**self._environ, **THREADS}, env))
         started = time.time()
-        stdout, stderr = self._process.communicate()
-        record_step(self.name, project, args, started, time.time() - started)
+        stdout, stderr, cpu = _communicate(self._process)
+        record_step(self.name, project, args, started, time.time() - started, cpu)
         proc = subprocess.CompletedProcess(self._process.args, self._process.returncode, stdout, stderr)
         return parse_doit(proc)
 
