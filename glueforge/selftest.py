@@ -6,8 +6,9 @@ through the runner validation used. The self-test runs the same API calls on thi
 checks the agreement against the thresholds the bundle was validated with (``manifest.json``
 ``glueforge.validation.thresholds``): keypoints with a mutual nearest neighbour within 1 px, descriptor
 cosine, and the share of the recorded matches reproduced, and of the produced matches recorded. A bundle
-that matches at adaptive depth also recorded the layers its matcher ran: the table shows both counts (a
-borderline exit may stop one layer apart on another machine; the match checks judge the result).
+whose manifest states its matcher's depth also recorded the layers its matcher ran: the table shows both counts,
+unjudged (at adaptive depth a borderline exit may stop one layer apart on another machine; the match checks judge
+the result).
 """
 
 from __future__ import annotations

@@ -106,14 +106,14 @@ def record_sample(bundle: Bundle, view: ValidateView) -> dict[str, np.ndarray]:
     """``sample.npz``: the validation pair as a caller passes it (uint8, the family's colour, the export's image
     size) and what the runtime API returned on it: per image ``keypoints<i>``, ``scores<i>``, ``descriptors<i>``
     where returned; with a matcher, ``matches`` and ``mscores`` of ``match_pair`` (and ``layers``, the matcher layers
-    that ran, where it matched at adaptive depth)."""
+    that ran: all of them at fixed depth, fewer where adaptive depth stopped early; where the manifest says)."""
     images = default_images(view.image_size, view.extractor.colour)
     sample: dict[str, np.ndarray] = {"image0": images[0], "image1": images[1]}
     if bundle.has_matcher:
         pair = bundle.match_pair(images[0], images[1])
         features = [pair.features0, pair.features1]
         sample["matches"], sample["mscores"] = pair.matches, pair.scores
-        if pair.layers is not None:  # matched at adaptive depth: the layers that ran
+        if pair.layers is not None:  # the layers that ran (the manifest states the matcher's depth)
             sample["layers"] = np.asarray(pair.layers)
     else:
         features = bundle.extract(images)
