@@ -35,9 +35,14 @@ BASELINE = REPO / "tests" / "speed_baseline.json"
 CASES = (("aliked_lightglue", "extractor"), ("aliked_lightglue", "matcher"), ("disk_lightglue", "extractor"),
          ("xfeat_lighterglue", "extractor"), ("xfeat_lighterglue", "matcher"))
 BUDGET = Budget(warmup=1, runs=5)
-MARGIN = 1.5  # a case fails above 1.5 x its baseline (the runs the baseline's note lists varied by less than 1.2 x)
-# times a case above the margin is measured again, keeping its best: the suite's build chains share the two cores, and
-# a burst of their load (the floor's rate measured at 53-96 GFLOP/s in one run, 109 alone) moved one case to 1.6 x
+# a case fails above MARGIN x its baseline. The runs the baseline's note lists varied by less than 1.2 x alone; beside
+# the suite's build chains, which share the two cores, a burst of their load moved aliked's matcher to 1.6 x (CI31: the
+# floor's rate at 53-96 GFLOP/s, 109 alone) and xfeat's extractor, memory-bound where the floor's product is not, to
+# 1.71 x after two retries (CI34: 3.94 against 2.31, and 1.47 in the same run's next test). 2 x: above both. The price:
+# under the suite's load it cannot tell a 1.55 x regression (issue 18's dynamic shapes cost ALIKED's extractor that)
+# from noise; it catches a graph twice as slow, and `glueforge bench` beside a baseline bundle measures the rest
+MARGIN = 2.0
+# times a case above the margin is measured again, keeping its best: a burst of load passes one attempt
 RETRIES = 2
 pytestmark = pytest.mark.xdist_group("speed")  # one worker, in file order: the slowed graph's test reads the baseline
 
@@ -117,8 +122,8 @@ def _slowed(source: Path, dest: Path, graph: str, products: int) -> Bundle:
 
 
 def test_the_guard_fails_on_a_deliberately_slowed_graph(built, one_thread, tmp_path):
-    """The extractor of xfeat_lighterglue, made slower by matrix products worth about its own time: the guard names it,
-    and passes the same graph unslowed."""
+    """The extractor of xfeat_lighterglue, made slower by matrix products worth twice the margin over its baseline: the
+    guard names it, and passes the same graph unslowed."""
     model, graph = "xfeat_lighterglue", "extractor"
     case = f"{model}/{graph}"
     baseline = json.loads(BASELINE.read_text())["x_floor"]
@@ -127,10 +132,13 @@ def test_the_guard_fails_on_a_deliberately_slowed_graph(built, one_thread, tmp_p
         before = measure(bundle, graph)
         flops = floor.graph_flops(bundle.manifest["graphs"][graph], 1)
     assert not slower({case: before}, baseline), (before, baseline[case])
-    # matrix products worth the graph's own measured time: about 2 x slower
-    products = math.ceil(before * flops / (2 * floor.N**3))
+    # matrix products worth twice the margin over the baseline, and at least the graph's own measured time: in x floor
+    # units a product adds 2 N^3 / the graph's FLOPs (sized from the baseline, not from this run's measurement alone,
+    # which load can put below it: CI34 measured 1.47 against 2.31, and twice that stayed under the margin)
+    extra = max(2 * MARGIN * baseline[case] - before, before)
+    products = math.ceil(extra * flops / (2 * floor.N**3))
     with _slowed(_bundle(built, model), tmp_path / "slowed", graph, products) as bundle:
         after = measure(bundle, graph)
     log.info("%s: x floor %.2f, slowed with %d products %.2f (rate %.1f GFLOP/s)", case, before, products, after, rate["gflops"])
-    assert after > 1.8 * before
+    assert after > before + 0.8 * extra  # the products ran, taking most of the time they cost
     assert slower({case: after}, baseline) == [f"{case}: x floor {after:.2f} > {MARGIN:g} x the baseline's {baseline[case]:.2f}"]
