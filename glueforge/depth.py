@@ -89,7 +89,11 @@ class ExitRule:
         """Per pair, whether it may stop after ``layer`` (never after the last, which has no confidence head)."""
         if layer >= self.layers - 1:
             return np.zeros(real.shape[0] // 2, bool)
-        return self.confident(confidences, real, layer) > self.depth_confidence
+        return self.may_stop(self.confident(confidences, real, layer))
+
+    def may_stop(self, shares: np.ndarray) -> np.ndarray:
+        """Per pair, whether its share of confident real keypoints (:meth:`confident`) lets it stop."""
+        return np.asarray(shares) > self.depth_confidence
 
     def stops(self, confidences: np.ndarray, real: np.ndarray, layer: int) -> bool:
         """Whether the batch stops after ``layer``: every pair may."""

@@ -380,8 +380,7 @@ class Pipeline:
         overlays = self.config.overlays_under(("models", job.model), ("targets", job.target),
                                               *(("weights", name) for name in job.weight_names().values()))
         if overlays:  # the overlay files that changed what this model for this target reads, in the order applied
-            order = {path: i for i, path in enumerate(self.config.overlays)}
-            prov["overlays"] = [overlay_ref(path, self.root) for path in sorted(overlays, key=lambda p: order.get(p, len(order)))]
+            prov["overlays"] = [overlay_ref(path, self.root) for path in self.config.overlays if path in overlays]
         if with_commit:
             prov["git_commit"] = self.git_commit()
         return prov

@@ -200,7 +200,7 @@ def step_metrics(step: tuple[str, int], produced: dict[str, np.ndarray], golden:
         return {}, {}
     real = np.asarray(feed["keypoints"])[..., 0] >= 0
     ours, theirs = (rule.confident(outputs["confidences"], real, index) for outputs in (produced, golden))
-    agree = bool(((ours > rule.depth_confidence) == (theirs > rule.depth_confidence)).all())  # rule.decisions, from the shares
+    agree = bool((rule.may_stop(ours) == rule.may_stop(theirs)).all())
     return ({"confident_share_diff": float(np.abs(ours - theirs).max()), "stop_decisions_agree": float(agree)},
             {"stop_decisions_agree": agree})
 
