@@ -38,13 +38,23 @@ def _kornia(spec: Spec, weights: Path, settings: Any):
     return load_weights(model, load_checkpoint(weights), weights)
 
 
+def upstream(spec: Spec, weights: Path, settings: Any):
+    """The unpatched kornia ALIKED module (top-k mode, ``settings.keypoints`` keypoints), for :func:`upstream_extract`."""
+    return _kornia(spec, weights, settings)
+
+
+def upstream_extract(model, images, spec: Spec, settings: Any) -> list[dict[str, Any]]:
+    """``model`` (:func:`upstream`) on ``images`` (N, 3, H, W) on its device: per image ``keypoints`` (n, 2) px,
+    ``scores`` (n,) and ``descriptors`` (n, D) tensors."""
+    return [{"keypoints": f.keypoints, "scores": f.keypoint_scores, "descriptors": f.descriptors} for f in model(images)]
+
+
 def reference(spec: Spec, weights: Path, settings: Any):
     """kornia ALIKED in top-k mode with ``settings.keypoints`` keypoints."""
-    model = _kornia(spec, weights, settings)
+    model = upstream(spec, weights, settings)
 
     def extract(images):
-        return [{"keypoints": f.keypoints.numpy(), "scores": f.keypoint_scores.numpy(), "descriptors": f.descriptors.numpy()}
-                for f in model(images)]
+        return [{k: v.numpy() for k, v in f.items()} for f in upstream_extract(model, images, spec, settings)]
 
     return extract
 

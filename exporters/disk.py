@@ -41,16 +41,26 @@ def _kornia(weights: Path):
     return load_weights(DISK(desc_dim=128), checkpoint["extractor"], weights)
 
 
+def upstream(spec: Spec, weights: Path, settings: Any):
+    """The unpatched kornia DISK module, for :func:`upstream_extract`."""
+    return _kornia(weights)
+
+
+def upstream_extract(model, images, spec: Spec, settings: Any) -> list[dict[str, Any]]:
+    """``model`` (:func:`upstream`) on ``images`` (N, 3, H, W) on its device, with the same detection as ours:
+    ``settings.keypoints`` strongest maxima, no score threshold; per image ``keypoints``, ``scores``, ``descriptors``."""
+    features = model(images, n=settings.keypoints, window_size=spec.nms_window, score_threshold=float("-inf"),
+                     pad_if_not_divisible=True)
+    return [{"keypoints": f.keypoints, "scores": f.detection_scores, "descriptors": f.descriptors} for f in features]
+
+
 def reference(spec: Spec, weights: Path, settings: Any):
     """kornia DISK with the same detection: ``settings.keypoints`` strongest maxima, no score threshold
     (an image with fewer maxima gives all of them, unpadded)."""
-    model = _kornia(weights)
+    model = upstream(spec, weights, settings)
 
     def extract(images):
-        features = model(images, n=settings.keypoints, window_size=spec.nms_window, score_threshold=float("-inf"),
-                         pad_if_not_divisible=True)
-        return [{"keypoints": f.keypoints.numpy(), "scores": f.detection_scores.numpy(), "descriptors": f.descriptors.numpy()}
-                for f in features]
+        return [{k: v.numpy() for k, v in f.items()} for f in upstream_extract(model, images, spec, settings)]
 
     return extract
 

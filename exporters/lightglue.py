@@ -111,6 +111,19 @@ def _kornia(spec: Spec, weights: Path):
     return load_weights(model, state, weights, unused=unused)
 
 
+def upstream(spec: Spec, weights: Path, settings: Any):
+    """The unpatched kornia LightGlue module with the checkpoint, fixed depth, for :func:`upstream_match`."""
+    return _kornia(spec, weights)
+
+
+def upstream_match(model, features0: dict, features1: dict) -> dict[str, Any]:
+    """``model`` (:func:`upstream`) on two images' features on its device: each a dict of ``keypoints`` (n, 2) px,
+    ``descriptors`` (n, D), ``image_size`` (2,) = (w, h) tensors (and ``spec.keypoint_inputs``); ``matches`` (S, 2)
+    and ``mscores`` (S,)."""
+    out = model({"image0": {k: v[None] for k, v in features0.items()}, "image1": {k: v[None] for k, v in features1.items()}})
+    return {"matches": out["matches"][0], "mscores": out["scores"][0]}
+
+
 def reference(spec: Spec, weights: Path, settings: Any):
     """kornia LightGlue with the checkpoint, fixed depth: ``(features0, features1) -> matches (S, 2), mscores (S,)``.
 
@@ -123,26 +136,26 @@ def reference(spec: Spec, weights: Path, settings: Any):
 
     from glueforge import GlueforgeError
 
-    model = _kornia(spec, weights)
+    model = upstream(spec, weights, settings)
     h, w = settings.image_size
     default_size = np.array([w, h], dtype=np.float32)
 
     def image(features: dict, role: str) -> dict:
         size = np.asarray(features.get("image_size", default_size), dtype=np.float32).reshape(2)
-        data = {"keypoints": torch.from_numpy(np.asarray(features["keypoints"], dtype=np.float32))[None],
-                "descriptors": torch.from_numpy(np.asarray(features["descriptors"], dtype=np.float32))[None],
-                "image_size": torch.from_numpy(size)[None]}
+        data = {"keypoints": torch.from_numpy(np.asarray(features["keypoints"], dtype=np.float32)),
+                "descriptors": torch.from_numpy(np.asarray(features["descriptors"], dtype=np.float32)),
+                "image_size": torch.from_numpy(size)}
         for name in spec.keypoint_inputs:
             if name not in features:
                 raise GlueforgeError(f"lightglue reference ({spec.features}): {role} lacks {name!r}; "
                                      f"the checkpoint reads {', '.join(spec.keypoint_inputs)}")
-            data[name] = torch.from_numpy(np.asarray(features[name], dtype=np.float32))[None]
+            data[name] = torch.from_numpy(np.asarray(features[name], dtype=np.float32))
         return data
 
     @torch.inference_mode()
     def match(features0, features1):
-        out = model({"image0": image(features0, "features0"), "image1": image(features1, "features1")})
-        return {"matches": out["matches"][0].numpy(), "mscores": out["scores"][0].numpy()}
+        matched = upstream_match(model, image(features0, "features0"), image(features1, "features1"))
+        return {k: v.numpy() for k, v in matched.items()}
 
     return match
 

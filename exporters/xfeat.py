@@ -43,12 +43,23 @@ def _kornia(weights: Path, settings: Any):
     return model.eval()
 
 
+def upstream(spec: Spec, weights: Path, settings: Any):
+    """The unpatched kornia XFeat module (``top_k=K``, no detection threshold), for :func:`upstream_extract`."""
+    return _kornia(weights, settings)
+
+
+def upstream_extract(model, images, spec: Spec, settings: Any) -> list[dict[str, Any]]:
+    """``model.detectAndCompute`` (:func:`upstream`) on ``images`` (N, 3, H, W) on its device: per image
+    ``keypoints``, ``scores``, ``descriptors``."""
+    return [{k: f[k] for k in ("keypoints", "scores", "descriptors")} for f in model.detectAndCompute(images)]
+
+
 def reference(spec: Spec, weights: Path, settings: Any):
     """kornia ``XFeat(top_k=K, detection_threshold=0).detectAndCompute``."""
-    model = _kornia(weights, settings)
+    model = upstream(spec, weights, settings)
 
     def extract(images):
-        return [{k: f[k].numpy() for k in ("keypoints", "scores", "descriptors")} for f in model.detectAndCompute(images)]
+        return [{k: v.numpy() for k, v in f.items()} for f in upstream_extract(model, images, spec, settings)]
 
     return extract
 
