@@ -202,9 +202,10 @@ def with_floor(row: Row, spec: dict[str, Any], rate: dict[str, Any] | None) -> R
 
 def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence[int] = (1,),
           budget: Budget = Budget(), images: Sequence[np.ndarray] | None = None,
-          rate: dict[str, Any] | None = None) -> list[Row]:
+          rate: dict[str, Any] | None = None, frame: bool = False) -> list[Row]:
     """One row per graph and batch (pairs for ``end2end`` and ``matcher``, images for ``extractor``); with ``rate``
-    (:func:`floor_rate`), each row's x floor. An adaptive-depth bundle's matcher gets a second row, run layer by layer
+    (:func:`floor_rate`), each row's x floor; with ``frame``, a last row for one frame of a tracking loop at engine
+    level (:func:`frame_row`). An adaptive-depth bundle's matcher gets a second row, run layer by layer
     through its step graphs as the runtime API runs it, with the layers that ran (the step graphs have no row of their
     own: they run only in that loop)."""
     images = list(images) if images is not None else sample_images(bundle)
@@ -234,7 +235,27 @@ def bench(bundle: Bundle, graphs: Sequence[str] | None = None, batches: Sequence
             rows.append(with_floor(row, bundle.manifest["graphs"][graph], rate))
             if graph == "matcher" and bundle.exit_rule is not None:
                 rows.append(_adaptive(bundle, inputs, batch, size, budget))
+    if frame:
+        rows.append(frame_row(bundle, images, budget))
     return rows
+
+
+def frame_row(bundle: Bundle, images: Sequence[np.ndarray], budget: Budget) -> Row:
+    """What each new frame of a tracking loop costs the engines: the extractor on one image, then the matcher on one
+    pair (the previous frame's features are kept), inputs prepared once, as the graph rows are."""
+    missing = [g for g in ("extractor", "matcher") if g not in bundle.graphs]
+    if missing:
+        raise BenchError(f"{bundle}: the frame row times the extractor and the matcher; it has no {', '.join(missing)}")
+    x_inputs, m_inputs = feed(bundle, "extractor", 1, images), feed(bundle, "matcher", 1, images)
+    extractor, matcher = bundle.runner("extractor"), bundle.runner("matcher")
+
+    def call() -> None:
+        extractor.infer(x_inputs)
+        matcher.infer(m_inputs)
+
+    size = f"{x_inputs['images'].shape[3]}x{x_inputs['images'].shape[2]}, K={m_inputs['keypoints'].shape[1]}"
+    log.info("bench frame: extractor 1 image + matcher 1 pair at %s", size)
+    return _measure("frame: extractor 1 image + matcher 1 pair", 1, "frames", size, 1, call, budget, bundle.device_memory)
 
 
 def _adaptive(bundle: Bundle, inputs: Mapping[str, np.ndarray], batch: int, size: str, budget: Budget) -> Row:

@@ -169,6 +169,8 @@ def build_parser() -> Parser:
     budget = bench.add_mutually_exclusive_group()
     budget.add_argument("--runs", type=_count(1), help="exactly this many timed runs per row")
     budget.add_argument("--seconds", type=_seconds, default=10.0, help="per row: until stable, or this long (default 10)")
+    bench.add_argument("--frame", action="store_true", help="also time one frame at engine level: the extractor on 1 "
+                       "image, then the matcher on 1 pair")
     bench.add_argument("--sequence", type=_existing("directory"), help="a directory of frames: time the tracking loop on them")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.add_argument("--max-size", type=_count(1), metavar="N", help="--sequence: resize frames whose longest side exceeds N px")
@@ -341,15 +343,16 @@ def _bench(args: argparse.Namespace) -> int:
     for path in args.bundles:
         with glueforge.open(path, trust_files(args.trust), args.max_size) as bundle:
             rate = floor_rate(bundle)
-            rows = bench(bundle, graphs, batches, budget, rate=rate)
+            rows = bench(bundle, graphs, batches, budget, rate=rate, frame=args.frame)
             if args.sequence:
                 frames = sorted(p for p in args.sequence.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
                 rows += sequence(bundle, frames, budget)
             records.append(report(bundle, rows, budget, args.sequence, rate))
             if not args.json:
                 m = bundle.manifest
-                print(f"{m['model']} {m['version']} on {m['target']} ({records[-1]['machine']['processor']}, "
-                      f"{records[-1]['machine']['cores']} logical CPUs)")
+                where = records[-1]["machine"]
+                gpu = f", {where['gpu']}" if where.get("gpu") else ""
+                print(f"{m['model']} {m['version']} on {m['target']} ({where['processor']}, {where['cores']} logical CPUs{gpu})")
                 print(table(rows))
                 if rate is not None:
                     print(f"x floor: p50 over the graph's FLOPs at {rate['gflops']:.1f} GFLOP/s, the rate of an "

@@ -17,6 +17,8 @@ TensorRT-RTX).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import onnx
 
 FP32_ISLAND_OPS = (
@@ -85,23 +87,25 @@ def _value_dependent(model: onnx.ModelProto) -> set[str]:
     return found
 
 
-def fp32_islands(model: onnx.ModelProto) -> list[str]:
+def fp32_islands(model: onnx.ModelProto, island_ops: Sequence[str] = FP32_ISLAND_OPS) -> list[str]:
     """The nodes a weakly typed FP16 build pins to FP32: the island ops and the coordinate nodes, those
     that compute in float (integer shape arithmetic and an integer Range have no precision to pin)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
     floats = {n.name for n in model.graph.node if any(types.get(o) == onnx.TensorProto.FLOAT for o in n.output)}
-    return sorted(({n.name for n in model.graph.node if n.op_type in FP32_ISLAND_OPS} | set(keypoint_chain(model))) & floats)
+    return sorted(({n.name for n in model.graph.node if n.op_type in island_ops} | set(keypoint_chain(model))) & floats)
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, island_ops: Sequence[str] = FP32_ISLAND_OPS) -> onnx.ModelProto:
+    """``model`` in float16 but for the ``island_ops`` nodes and the coordinate chains, with Casts at their borders; a
+    runtime whose kernel of an island op computes in float from float16 inputs may leave it out of ``island_ops``."""
     import onnx_graphsurgeon as gs
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     by_name = {n.name: n for n in model.graph.node}
     # a node named in both block lists gets its border Casts twice (duplicate outputs): name each once
-    chain = [n for n in keypoint_chain(model) if by_name[n].op_type not in FP32_ISLAND_OPS]
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_ISLAND_OPS), node_block_list=chain)
+    chain = [n for n in keypoint_chain(model) if by_name[n].op_type not in island_ops]
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(island_ops), node_block_list=chain)
     # The converter inserts one border Cast per consumer under the same name when a tensor
     # feeds several FP32 nodes (identical duplicates), and appends its I/O Casts at the end of
     # the node list: keep one of each and sort again.

@@ -22,6 +22,10 @@ from typing import Mapping, Sequence
 
 from glueforge.files import write_atomic
 
+# where a runtime module names none (``DEVICE``, ``DEVICE_SETUP``): a Jetson, JetPack's TensorRT seen through the venv
+JETSON = "the device (JetPack's TensorRT; no torch)"
+JETSON_SETUP = 'python3 -m venv --system-site-packages .venv && . .venv/bin/activate && pip install -e ".[jetson]"'
+
 NOTES = "handoff.json"
 README = "HANDOFF.md"
 CONFIG = "config"  # the overlays, under the hand-off
@@ -39,6 +43,8 @@ class Handoff:
     overlays: Sequence[Path] = ()  # the laptop's overlay files, copied under config/
     lock: Path | None = None  # models.lock, where a model reads a weight trusted on first use
     notes: list[str] = field(default_factory=list)
+    device: str = JETSON  # the machine that finishes the build, for a person (the runtime module's DEVICE)
+    setup: str = JETSON_SETUP  # its install line (the runtime module's DEVICE_SETUP)
 
     def overlay_names(self) -> list[str]:
         return [f"{i}-{path.name}" for i, path in enumerate(self.overlays, 1)]
@@ -51,7 +57,7 @@ class Handoff:
         lines = [
             "# HANDOFF=<this directory's path on the device>; the commit below must be pushed where the device clones from",
             f"git checkout {self.commit.removesuffix('-dirty')}" if self.commit else "# the laptop's checkout was not a git repository: use the same files",
-            'python3 -m venv --system-site-packages .venv && . .venv/bin/activate && pip install -e ".[jetson]"',
+            self.setup,
         ]
         if self.lock is not None:
             lines.append(f'cp "$HANDOFF/{LOCK}" {LOCK}')
@@ -79,7 +85,7 @@ class Handoff:
         return (f"# Hand-off for target {self.target}\n\n"
                 f"Everything before the engine, built on the laptop (commit {self.commit or 'unknown'}):\n\n"
                 f"{models}\n{notes}\n"
-                "On the device (JetPack's TensorRT; no torch), in a clone of the project, with this directory at "
+                f"On {self.device}, in a clone of the project, with this directory at "
                 "`$HANDOFF`:\n\n```sh\n" + "\n".join(self.commands()) + "\n```\n\n"
                 "The build takes the steps above from this directory (the remote cache's layout), then builds the "
                 "engines, validates them on the device against the references in here, benches and bundles into "

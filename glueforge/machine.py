@@ -123,6 +123,39 @@ def pinned_versions() -> dict[str, str]:
     return pins
 
 
+def _version(name: str) -> str:
+    """The installed version of package ``name``: of the distribution installed where its module imports from, where
+    more than one distribution provides that module (onnxruntime-gpu's ``onnxruntime`` computes what onnxruntime's
+    does, and counts as it in keys; the one first on the path is the one that runs)."""
+    import importlib.util
+
+    module = name.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin is not None:
+        site = Path(spec.origin).parent.parent
+        try:
+            if Path(metadata.distribution(name).locate_file("")).resolve() == site.resolve():
+                return metadata.version(name)  # the distribution of that name is where the module imports from
+        except metadata.PackageNotFoundError:
+            pass
+        for distribution in metadata.distributions(path=[str(site)]):
+            top = (distribution.read_text("top_level.txt") or "").split()
+            if module in top:
+                return distribution.version
+    return metadata.version(name)
+
+
+def module_version(name: str) -> str | None:
+    """The installed version of the package that provides module ``name`` (``PROVIDERS_OF``), or None."""
+    try:
+        return _version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def tool_versions(*packages: str) -> dict[str, str]:
     """Installed versions; a pinned tool that is not installed counts at its pin, so that a
     runner without it (a Jetson without torch) computes the same keys and takes the results
@@ -133,7 +166,7 @@ def tool_versions(*packages: str) -> dict[str, str]:
     versions = {}
     for name in packages:
         try:
-            versions[name] = Version(metadata.version(name)).public  # 2.13.0+cpu exports as 2.13.0 does
+            versions[name] = Version(_version(name)).public  # 2.13.0+cpu exports as 2.13.0 does
         except metadata.PackageNotFoundError:
             pin = pinned_versions().get(name.lower())
             if pin is None:

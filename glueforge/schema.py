@@ -155,6 +155,7 @@ class BenchmarkSettings(Strict):
     warmup: Annotated[int, Field(ge=0)] = 1
     seconds: Annotated[float, Field(gt=0)] = 2.0  # per graph and batch: until stable or this long
     runs: Optional[Annotated[int, Field(ge=1)]] = None  # exactly this many runs instead
+    frame: bool = False  # also one frame at engine level: the extractor on 1 image, the matcher on 1 pair (bench --frame)
 
 
 # fp32 and fp16: the whole graph; int8: the extractor's convolutions in INT8 (QDQ, glueforge/quantize.py), the rest at
@@ -219,6 +220,12 @@ class TargetSpec(Strict):
     # what the runtime module's ``prepare`` and ``check`` read of the target (the fuse step's view; an int8 target's also
     # holds ``calibration``)
     fuse_fields: ClassVar[tuple[str, ...]] = ("runtime", "precision")
+
+    @property
+    def static_image_size(self) -> Optional[tuple[int, int]]:
+        """The one (H, W) a target's graphs are fixed at (a runtime whose graphs are static), else None: any size its
+        shape profile takes. Validation runs that size only; models.yaml's other validated sizes are not run."""
+        return None
 
     @property
     def quantized(self) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from doit.exceptions import TaskFailed
 
-from glueforge import PROJECT_ROOT, GlueforgeError, names
+from glueforge import PROJECT_ROOT, GlueforgeError, names, registry
 from glueforge.log import configure_logging
 from glueforge.pipeline import STAGES, Pipeline
 from glueforge.store import parse_location
@@ -199,8 +199,11 @@ class Plan:
         if commit is None or commit.endswith("-dirty"):
             notes.append("The laptop's checkout had uncommitted changes (or no git): the device computes the same "
                          "action keys only from the same files.")
+        runtime = registry.runtime(pipeline.config.target(self.target).runtime)
+        device = {k: v for k, v in (("device", getattr(runtime, "DEVICE", None)), ("setup", getattr(runtime, "DEVICE_SETUP", None)))
+                  if v is not None}
         handoff = Handoff(self.target, {m: pipeline.version(m) for m in self.models}, results, commit,
-                          pipeline.config.overlays, pipeline.lock_path if first_use else None, notes)
+                          pipeline.config.overlays, pipeline.lock_path if first_use else None, notes, **device)
         handoff.write(shared.root)
         log.info("hand-off for %s: %s (HANDOFF.md says what the device runs)", self.target, shared.root)
 

@@ -35,6 +35,7 @@ BENCHMARKS = "benchmarks.json"
 
 def device_command(benchmark: BenchmarkSettings) -> str:
     graphs = f" --graphs {','.join(benchmark.graphs)}" if benchmark.graphs else ""
+    graphs += " --frame" if benchmark.frame else ""
     return (f"glueforge bench <bundle directory>{graphs} --batch {','.join(map(str, benchmark.batch))} --warmup 10 "
             "--seconds 20 --json --out benchmarks.json")
 
@@ -83,7 +84,7 @@ class Benchmark(Stage):
             budget = Budget(warmup=b.warmup, runs=b.runs, seconds=b.seconds)
             with Bundle(engine.path, spec) as bundle:
                 rate = floor_rate(bundle)
-                rows = bench(bundle, b.graphs, b.batch, budget, sample_images(view, inputs), rate=rate)
+                rows = bench(bundle, b.graphs, b.batch, budget, sample_images(view, inputs), rate=rate, frame=b.frame)
                 record = report(bundle, rows, budget, rate=rate)
             record["command"] = device_command(b)
         (out / BENCHMARKS).write_text(json.dumps(record, indent=1))
