@@ -293,6 +293,13 @@ def project_schema() -> type[BaseModel]:
                     raise ValueError(f"store.acknowledge_noncommercial: unknown weight {name!r}; "
                                      f"declared weights: {', '.join(self.weights)}")
             for tname, t in self.targets.items():
+                static = t.static_image_size
+                for mname, model in self.models.items() if static is not None else ():
+                    if model.extractor.host:
+                        continue  # SIFT runs on the host at the image's own size
+                    if any(d % model.extractor.divisor for d in static):
+                        raise ValueError(f"targets.{tname}: its static image size {list(static)} for model {mname!r}; "
+                                         f"its extractor takes multiples of {model.extractor.divisor}")
                 if t.max_keypoints is None:
                     continue
                 for mname, model in self.models.items():
@@ -560,6 +567,10 @@ class Config:
     def export_settings(self, model: str, target: str) -> ExportSettings:
         m, t = self.model(model), self.target(target)
         size = list(m.export.image_size)
+        validate_sizes = tuple(tuple(v) for v in m.export.validate_sizes)
+        declared = t.static_image_size  # a static target's one size: traced at the model's, validated at its own
+        if declared is not None and list(declared) != size and declared not in validate_sizes:
+            validate_sizes += (tuple(declared),)
         return ExportSettings(
             model=model,
             image_size=size,
@@ -571,7 +582,7 @@ class Config:
             matcher=m.matcher,
             sizes={"min": list(m.export.sizes.min) if m.export.sizes else size, "opt": size,
                    "max": list(m.export.sizes.max) if m.export.sizes else size},
-            validate_sizes=tuple(tuple(v) for v in m.export.validate_sizes),
+            validate_sizes=validate_sizes,
         )
 
     def digest(self, *parts: Any) -> str:

@@ -66,6 +66,7 @@ class BuildContext:
     sizes: Mapping[str, Any] = field(default_factory=dict)  # "min"/"opt"/"max" [H, W] of the images input (io.json)
     timing_cache_dir: Path = Path("artifacts/timing-cache")
     project_root: Path = Path(".")
+    model: str = ""  # for messages only (a device command): never part of a key
 
 
 def relative(path: Path, root: Path) -> str:

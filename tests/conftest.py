@@ -229,7 +229,8 @@ def rtx_chain(root: Path):
 def orin_chain(root: Path):
     """Clone O, from clone R's artifacts once R has fused its graphs: the ONNX stages of orin_nano (whose traced
     graphs are rtx's) and agx_orin, and orin_nano's engine stage failing without TensorRT (tests/test_tensorrt.py's
-    ``fused``)."""
+    ``fused``); then `doit build target=cuda` of the same model, whose engine stage fails without a GPU
+    (tests/test_cuda.py)."""
     def steps(doit_in, mark):
         project = clone_project(root / "project", artifacts_from=start("rtx").milestone("fused"))
         assert "trtexec" not in os.environ.get("PATH", "")
@@ -237,6 +238,9 @@ def orin_chain(root: Path):
         (project / "orin_build.log").write_text(proc.stdout + proc.stderr)
         proc, executed, _ = doit_in(project, "fuse", "target=agx_orin", f"model={ORIN_MODEL}")
         _check(proc, executed, {f"fuse:agx_orin:{ORIN_MODEL}"})  # its own parser proxy check: its batch profile
+        proc, executed, _ = doit_in(project, "build", "target=cuda", f"model={ORIN_MODEL}")
+        (project / "cuda_build.log").write_text(f"exit status {proc.returncode}\nexecuted: {' '.join(executed)}\n"
+                                                + proc.stdout + proc.stderr)
         # as the chain left it, for the tests that build engines (each in a copy of its own: tests/test_tensorrt.py)
         clone_project(root / "pristine", artifacts_from=project)
         return project

@@ -49,7 +49,7 @@ def test_real_models_yaml_loads():
                                           "aliked_n16rot", "aliked_n32", "superpoint_lightglue", "superpoint_dense",
                                           "superpoint_open", "sift_lightglue"}
     assert set(config.project.targets) == {"cpu", "openvino", "orin_nano", "orin_nx", "agx_orin", "rtx_2060", "rtx",
-                                           "cpu_int8", "openvino_int8", "orin_nano_int8"}
+                                           "cpu_int8", "openvino_int8", "orin_nano_int8", "cuda"}
     assert config.path == MODELS_YAML
     for model in config.project.models:
         for role in ("extractor", "matcher"):

@@ -51,6 +51,7 @@ class Engine(Stage):
             prepared=fused.meta,
             timing_cache_dir=services.artifacts / "timing-cache",
             project_root=services.root,
+            model=label.model,
         )
         graphs = {g: fused.file(f"{g}.onnx") for g in view.graphs}
         return registry.runtime(view.target.runtime).build(graphs, out, view.target, context)
