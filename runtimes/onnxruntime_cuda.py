@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 NAME = "onnxruntime_cuda"
 TOOLS = ("onnx", "onnxsim", "onnxruntime")  # onnxsim fixes the shapes; onnxruntime's transformer fusions and FP16 converter
 PROVIDER = "CUDAExecutionProvider"
+BUFFERS = "cuda"  # where CudaGraph binds its inputs and outputs (an OrtValue device)
 SESSION = "session.json"
 DEVICE_SCRIPT = "scripts/cuda_device.sh"
 # the hand-off's words for the machine that finishes the build (glueforge/handoff.py): a venv without torch, which the
@@ -180,9 +181,14 @@ def provider_options(settings: CudaSession, cuda_graph: bool) -> dict[str, str]:
             "cudnn_conv_algo_search": settings.cudnn_conv_algo_search, "cudnn_conv_use_max_workspace": "1"}
 
 
+def providers(settings: CudaSession, cuda_graph: bool) -> list:
+    """The session's providers: CUDA, then the CPU provider, which onnxruntime adds anyway for what CUDA lacks (the
+    profile says whether anything went there)."""
+    return [(PROVIDER, provider_options(settings, cuda_graph)), "CPUExecutionProvider"]
+
+
 def session(path: Path, settings: CudaSession, cuda_graph: bool, profile: Path | None = None):
-    """An onnxruntime session of ``path`` on the CUDA provider (and the CPU provider, which onnxruntime always adds
-    for what CUDA lacks: the profile says whether anything went there)."""
+    """An onnxruntime session of ``path`` on :func:`providers`, profiled into ``profile*.json`` where given."""
     ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.graph_optimization_level)
@@ -190,8 +196,7 @@ def session(path: Path, settings: CudaSession, cuda_graph: bool, profile: Path |
     if profile is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile)
-    return ort.InferenceSession(str(path), options, providers=[(PROVIDER, provider_options(settings, cuda_graph)),
-                                                               "CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=providers(settings, cuda_graph))
 
 
 def placement(profile: Path) -> dict[str, dict[str, int]]:
@@ -209,8 +214,9 @@ def placement(profile: Path) -> dict[str, dict[str, int]]:
     return where
 
 
-def off_provider(where: Mapping[str, Mapping[str, int]], provider: str = PROVIDER) -> dict[str, int]:
-    """Op type -> nodes that ran on a provider other than ``provider``; Memcpy nodes count too."""
+def off_provider(where: Mapping[str, Mapping[str, int]], provider: str | None = None) -> dict[str, int]:
+    """Op type -> nodes that ran on a provider other than ``provider`` (the CUDA provider); Memcpy nodes count too."""
+    provider = provider or PROVIDER
     off: dict[str, int] = {}
     for name, ops in where.items():
         if name != provider:
@@ -240,7 +246,7 @@ def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildC
         shutil.copyfile(source, dest)
         profiled = session(dest, target.session, cuda_graph=False, profile=out / f"{name}.profile")
         profiled.run(None, zero_feed(profiled))
-        trace = Path(profiled.end_profile())
+        trace = Path(profiled.end_profiling())
         where = placement(trace)
         trace.unlink()
         off = off_provider(where)
@@ -268,8 +274,8 @@ class CudaGraph:
     as a CUDA graph and replayed where the provider allows it, else run plainly, with the reason logged. A feed whose
     batch is a multiple of the graph's runs as that many calls, their outputs concatenated."""
 
-    def __init__(self, path: Path, settings: CudaSession, device: str = "cuda", session_=None) -> None:
-        self.settings, self.device = settings, device
+    def __init__(self, path: Path, settings: CudaSession, device: str | None = None, session_=None) -> None:
+        self.settings, self.device = settings, device or BUFFERS
         self.refused: str | None = None
         self.captured = False
         if session_ is not None:
@@ -288,12 +294,12 @@ class CudaGraph:
         self.dtypes: dict[str, Any] = {}
         for i in self.session.get_inputs():
             self.dtypes[i.name] = _TYPES[i.type]
-            value = ort.OrtValue.ortvalue_from_shape_and_type(i.shape, self.dtypes[i.name], device, settings.device_id)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(i.shape, self.dtypes[i.name], self.device, settings.device_id)
             self.binding.bind_ortvalue_input(i.name, value)
             self.inputs[i.name] = value
         self.outputs: list[tuple[str, Any]] = []
         for o in self.session.get_outputs():
-            value = ort.OrtValue.ortvalue_from_shape_and_type(o.shape, _TYPES[o.type], device, settings.device_id)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(o.shape, _TYPES[o.type], self.device, settings.device_id)
             self.binding.bind_ortvalue_output(o.name, value)
             self.outputs.append((o.name, value))
         self.shapes = {i.name: tuple(i.shape) for i in self.session.get_inputs()}

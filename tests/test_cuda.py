@@ -240,3 +240,39 @@ def test_the_handoff_and_the_device_script_stop_on_a_machine_without_a_gpu(fused
     [line] = [line for line in script.stdout.splitlines() if line.startswith("glueforge:")]
     assert line.startswith("glueforge: the cuda target cannot run here: ") and "Traceback" not in script.stdout
     assert (tmp_path / "out/device.log").read_text().count("== ") == 2
+
+
+@pytest.fixture()
+def cpu_as_provider(monkeypatch):
+    """The engine stage's code on the CPU provider, as a stand-in for the GPU: the providers, the buffers' device
+    and the GPU check swapped; what it reads of the profile and how it runs the graph are the real code."""
+    monkeypatch.setattr(cuda, "gpu_missing", lambda: None)
+    monkeypatch.setattr(cuda, "providers", lambda settings, cuda_graph: ["CPUExecutionProvider"])
+    monkeypatch.setattr(cuda, "BUFFERS", "cpu")
+
+
+def _target():
+    from glueforge.config import Config
+
+    return Config.load(REPO / "models.yaml").target(TARGET)
+
+
+def test_the_engine_stage_records_placement_and_refuses_nodes_off_the_provider(cpu_as_provider, monkeypatch, tmp_path):
+    from glueforge.runtime import BuildContext
+
+    graph = tmp_path / "relu.onnx"
+    onnx.save(fix_shapes(_relu_model(["N", 3]), {"N": 2})[0], str(graph))
+    context = BuildContext(target_name=TARGET, io={}, model=MODEL)
+    monkeypatch.setattr(cuda, "PROVIDER", "CPUExecutionProvider")  # the provider every node must run on
+    (tmp_path / "ok").mkdir()
+    meta = cuda.build({"relu": graph}, tmp_path / "ok", _target(), context)
+    assert meta["engines"]["relu"]["placement"] == {"CPUExecutionProvider": 1}
+    assert meta["engines"]["relu"]["profile_shapes"] == {"x": [[2, 3]] * 3}  # the API's fit: the one static shape
+    assert meta["files"] == {"relu": "relu.onnx"} and not list((tmp_path / "ok").glob("*.json.*"))
+    assert not list((tmp_path / "ok").glob("relu.profile*"))  # the profile is read, not shipped
+    out = cuda.open_graph(tmp_path / "ok", "relu").infer({"x": -np.ones((4, 3), np.float32)})  # two runs of 2
+    np.testing.assert_array_equal(out["y"], np.zeros((4, 3), np.float32))
+    monkeypatch.setattr(cuda, "PROVIDER", "CUDAExecutionProvider")  # now the CPU provider is "off the GPU"
+    (tmp_path / "off").mkdir()
+    with pytest.raises(cuda.EngineBuildError, match=r"relu: 1 nodes would run off the GPU .*: Relu x1"):
+        cuda.build({"relu": graph}, tmp_path / "off", _target(), context)
