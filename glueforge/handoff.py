@@ -45,6 +45,7 @@ class Handoff:
     notes: list[str] = field(default_factory=list)
     device: str = JETSON  # the machine that finishes the build, for a person (the runtime module's DEVICE)
     setup: str = JETSON_SETUP  # its install line (the runtime module's DEVICE_SETUP)
+    script: str | None = None  # a script that runs every device step, checks and benchmarks too (DEVICE_SCRIPT)
 
     def overlay_names(self) -> list[str]:
         return [f"{i}-{path.name}" for i, path in enumerate(self.overlays, 1)]
@@ -59,6 +60,8 @@ class Handoff:
             f"git checkout {self.commit.removesuffix('-dirty')}" if self.commit else "# the laptop's checkout was not a git repository: use the same files",
             self.setup,
         ]
+        if self.script is not None:  # before the install line
+            lines.insert(-1, f'# or, instead of the lines below, with its install check and benchmarks: {self.script} "$HANDOFF"')
         if self.lock is not None:
             lines.append(f'cp "$HANDOFF/{LOCK}" {LOCK}')
         lines.append('GLUEFORGE_REMOTE_CACHE="$HANDOFF" ' + " ".join(_quote(a) for a in build))

@@ -52,6 +52,9 @@ class _LogProgress:
         amount = f"{self._amount(self.n)} " if self.n else ""
         log.info("%s: done, %sin %.1f s", self.description, amount, time.monotonic() - self.started)
 
+    def stop(self) -> None:
+        log.info("%s: stopped after %.1f s", self.description, time.monotonic() - self.started)
+
 
 class _Silent:
     def update(self, n: float = 1) -> None:
@@ -78,5 +81,7 @@ def progress(description: str, total: float | None = None, unit: str = "it", int
         bar = _Silent()
     try:
         yield bar
-    finally:
-        bar.close()
+    except BaseException:
+        getattr(bar, "stop", bar.close)()  # not "done": the error that stopped it follows
+        raise
+    bar.close()

@@ -16,8 +16,12 @@ CUDA provider would place on the CPU for being shape arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Mapping
+import os
+import sys
+import tempfile
+from typing import Iterator, Mapping
 
 import onnx
 
@@ -64,11 +68,37 @@ def fix_shapes(model: onnx.ModelProto, values: Mapping[str, int]) -> tuple[onnx.
     import onnxsim
 
     shapes = static_shapes(model, values)
-    fixed, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes, check_n=0)
+    with _stderr_captured() as captured:
+        fixed, ok = onnxsim.simplify(model, overwrite_input_shapes=shapes, check_n=0)
+    skipped = [line for line in captured if line.startswith("WARNING: failed to run")]
+    if skipped:  # nodes whose inputs are known only at run time: nothing to fold there, as expected
+        log.info("static shapes %s: onnxsim left %d nodes that read run-time values (its 'failed to run' warnings, "
+                 "logged at DEBUG)", shapes, len(skipped))
+    for line in captured:
+        log.debug("onnxsim: %s", line)
     if not ok:
         raise StaticShapeError(f"onnxsim could not simplify the graph at {shapes}")
     fixed = onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
     return fixed, shapes
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """The process's standard error (file descriptor 2, where onnxsim's C++ core prints) into a list of lines, for
+    the block's duration; the lines are there once the block ends, an error's too."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line.rstrip("\n") for line in sink)
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:

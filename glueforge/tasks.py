@@ -200,8 +200,8 @@ class Plan:
             notes.append("The laptop's checkout had uncommitted changes (or no git): the device computes the same "
                          "action keys only from the same files.")
         runtime = registry.runtime(pipeline.config.target(self.target).runtime)
-        device = {k: v for k, v in (("device", getattr(runtime, "DEVICE", None)), ("setup", getattr(runtime, "DEVICE_SETUP", None)))
-                  if v is not None}
+        device = {k: getattr(runtime, f"DEVICE{suffix}") for k, suffix in (("device", ""), ("setup", "_SETUP"), ("script", "_SCRIPT"))
+                  if getattr(runtime, f"DEVICE{suffix}", None) is not None}
         handoff = Handoff(self.target, {m: pipeline.version(m) for m in self.models}, results, commit,
                           pipeline.config.overlays, pipeline.lock_path if first_use else None, notes, **device)
         handoff.write(shared.root)

@@ -4,15 +4,16 @@
 #
 #     scripts/cuda_device.sh HANDOFF
 #
-# 1. install: a venv without torch (.venv-cuda) with the cuda extra (onnxruntime-gpu). WHEELS=DIR installs from a
+# 1. check: this clone is at the hand-off's commit, and nvidia-smi sees a GPU; else one line, exit 2;
+# 2. install: a venv without torch (.venv-cuda) with the cuda extra (onnxruntime-gpu). WHEELS=DIR installs from a
 #    folder of wheels and no index, for a machine that reaches none;
-# 2. check: onnxruntime's CUDA provider loads and sees the GPU; else one line saying what is missing, exit 2;
-# 3. build: the hand-off's steps, then per model the engine (each node's placement read from onnxruntime's profile:
+# 3. check: onnxruntime's CUDA provider loads and sees the GPU; else one line saying what is missing, exit 2;
+# 4. build: the hand-off's steps, then per model the engine (each node's placement read from onnxruntime's profile:
 #    all on the GPU, or the build stops naming the ops; CUDA graph capture), validation on the GPU (polygraphy parity
 #    at the FP16 tolerances, the task metrics against kornia's FP32 references, the homography gate), the benchmark
 #    and the bundle, into artifacts/store (publish with doit publish target=cuda store=...);
-# 4. bench: each bundle per pair (end2end) and per frame (extractor 1 image + matcher 1 pair), p50 and p90, 50 runs;
-# 5. side by side in one process with kornia's torch.compile (benchmarks/cuda_side_by_side.py), when WEIGHTS=DIR names
+# 5. bench: each bundle per pair (end2end) and per frame (extractor 1 image + matcher 1 pair), p50 and p90, 50 runs;
+# 6. side by side in one process with kornia's torch.compile (benchmarks/cuda_side_by_side.py), when WEIGHTS=DIR names
 #    the weights (a laptop's artifacts/downloads) and REFERENCE_PYTHON (default python3) has torch with CUDA: a venv
 #    .venv-side over it gets kornia and onnxruntime-gpu.
 # What it prints is also written under OUT (default artifacts/cuda-device).
@@ -32,16 +33,28 @@ pip_install() {  # pip_install PYTHON ARGS...: from WHEELS alone where it is set
     else "$python" -m pip install -q "$@"; fi
 }
 
-echo "== 1. install ($VENV)"
+echo "== 1. check the clone and the GPU"
+COMMIT=$(python3 -c 'import json, os; print(json.load(open(os.environ["HANDOFF"] + "/handoff.json"))["commit"] or "")')
+if [ -n "$COMMIT" ] && [ "$(git rev-parse HEAD 2>/dev/null)" != "${COMMIT%-dirty}" ]; then
+    echo "glueforge: $HANDOFF was made at commit ${COMMIT%-dirty}; this clone is at $(git rev-parse HEAD 2>/dev/null || echo 'no commit'): git checkout ${COMMIT%-dirty} first" >&2
+    exit 2
+fi
+
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "glueforge: the cuda target cannot run here: no NVIDIA GPU was found (nvidia-smi)" >&2
+    exit 2
+fi
+
+echo "== 2. install ($VENV)"
 if [ ! -x "$VENV/bin/doit" ]; then
     python3 -m venv "$VENV"
     pip_install "$VENV/bin/python" -e ".[cuda]"
 fi
 
-echo "== 2. check"
+echo "== 3. check onnxruntime's CUDA provider"
 "$VENV/bin/python" -m glueforge.runtimes.onnxruntime_cuda
 
-echo "== 3. build"
+echo "== 4. build"
 read -r MODELS BUILD < <("$VENV/bin/python" - <<'PY'
 import json, os
 notes = json.load(open(os.path.join(os.environ["HANDOFF"], "handoff.json")))
@@ -50,9 +63,10 @@ print(",".join(f"{m}/{v}" for m, v in notes["models"].items()), build)
 PY
 )
 TARGET=$("$VENV/bin/python" -c 'import json,os; print(json.load(open(os.environ["HANDOFF"] + "/handoff.json"))["target"])')
+if [ -f "$HANDOFF/models.lock" ]; then cp "$HANDOFF/models.lock" models.lock; fi  # weights trusted on first use
 (. "$VENV/bin/activate" && eval "$BUILD")
 
-echo "== 4. bench"
+echo "== 5. bench"
 BUNDLES=()
 for mv in ${MODELS//,/ }; do
     bundle="artifacts/store/$mv/$TARGET"
@@ -60,7 +74,7 @@ for mv in ${MODELS//,/ }; do
     "$VENV/bin/glueforge" bench "$bundle" --frame --warmup 10 --runs 50 --out "$OUT/bench-${mv%%/*}.json"
 done
 
-echo "== 5. side by side with torch.compile"
+echo "== 6. side by side with torch.compile"
 if [ -z "${WEIGHTS:-}" ]; then
     echo "skipped: WEIGHTS=DIR names no weights for kornia's models (a laptop's artifacts/downloads)"
     exit 0
