@@ -275,9 +275,10 @@ class CudaGraph:
     batch is a multiple of the graph's runs as that many calls, their outputs concatenated."""
 
     def __init__(self, path: Path, settings: CudaSession, device: str | None = None, session_=None) -> None:
-        self.settings, self.device = settings, device or BUFFERS
+        self.path, self.settings, self.device = Path(path), settings, device or BUFFERS
         self.refused: str | None = None
         self.captured = False
+        self._ran = False
         if session_ is not None:
             self.session = session_
         else:
@@ -285,32 +286,49 @@ class CudaGraph:
                 self.session = session(path, settings, cuda_graph=settings.cuda_graph)
                 self.captured = settings.cuda_graph
             except Exception as e:  # onnxruntime raises its own Fail/RuntimeException types
-                self.refused = str(e).splitlines()[0]
-                log.warning("%s: CUDA graph capture refused (%s); running without it", Path(path).name, self.refused)
-                self.session = session(path, settings, cuda_graph=False)
+                self._without_capture(e)
         ort = _ort()
-        self.binding = self.session.io_binding()
-        self.inputs: dict[str, Any] = {}
-        self.dtypes: dict[str, Any] = {}
-        for i in self.session.get_inputs():
-            self.dtypes[i.name] = _TYPES[i.type]
-            value = ort.OrtValue.ortvalue_from_shape_and_type(i.shape, self.dtypes[i.name], self.device, settings.device_id)
-            self.binding.bind_ortvalue_input(i.name, value)
-            self.inputs[i.name] = value
-        self.outputs: list[tuple[str, Any]] = []
-        for o in self.session.get_outputs():
-            value = ort.OrtValue.ortvalue_from_shape_and_type(o.shape, _TYPES[o.type], self.device, settings.device_id)
-            self.binding.bind_ortvalue_output(o.name, value)
-            self.outputs.append((o.name, value))
+        self.dtypes = {i.name: _TYPES[i.type] for i in self.session.get_inputs()}
         self.shapes = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
+        self.inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtypes[name], self.device,
+                                                                       settings.device_id)
+                       for name, shape in self.shapes.items()}
+        self.outputs = [(o.name, ort.OrtValue.ortvalue_from_shape_and_type(o.shape, _TYPES[o.type], self.device,
+                                                                           settings.device_id))
+                        for o in self.session.get_outputs()]
+        self._bind()
+
+    def _bind(self) -> None:
+        """The session's IO binding to the buffers (fixed addresses: what a captured CUDA graph replays on)."""
+        self.binding = self.session.io_binding()
+        for name, value in self.inputs.items():
+            self.binding.bind_ortvalue_input(name, value)
+        for name, value in self.outputs:
+            self.binding.bind_ortvalue_output(name, value)
+
+    def _without_capture(self, error: Exception) -> None:
+        """A session without CUDA graph capture, the reason logged."""
+        self.refused, self.captured = str(error).splitlines()[0] if str(error) else type(error).__name__, False
+        log.warning("%s: CUDA graph capture refused (%s); running without it", self.path.name, self.refused)
+        self.session = session(self.path, self.settings, cuda_graph=False)
 
     def input_metadata(self) -> list[tuple[str, Any, tuple[int, ...]]]:
         """Each input's name, numpy dtype and shape, its batch dimension open (a multiple of the graph's runs)."""
         return [(name, self.dtypes[name], (-1, *shape[1:])) for name, shape in self.shapes.items()]
 
     def run(self) -> None:
-        """One run on what the input buffers hold (no copies): what a caller that keeps its tensors on the device times."""
-        self.session.run_with_iobinding(self.binding)
+        """One run on what the input buffers hold (no copies): what a caller that keeps its tensors on the device times.
+        The first run of a captured session is the capture: where it fails, the session is made again without."""
+        if self._ran or not self.captured:
+            self.session.run_with_iobinding(self.binding)
+            return
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except Exception as e:  # onnxruntime's own exception types
+            self._without_capture(e)
+            self._bind()
+            self.session.run_with_iobinding(self.binding)
+        self._ran = True
 
     def calls(self, feed: Mapping[str, Any]) -> int:
         """How many runs ``feed`` takes: its batch over the graph's, the same for every input; else a clear error."""

@@ -145,7 +145,7 @@ def pytest_sessionfinish(session, exitstatus):
         steps = timeline(session.config.stash[STARTED])
         if steps:  # where the session's time went: the longest chain is what CI waits for
             reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-            reporter.ensure_newline()
+            reporter.write("\n")  # under xdist the progress line is left open
             reporter.write_sep("=", "build chains (minutes:seconds after the session started)")
             for line in steps:
                 reporter.write_line(line)

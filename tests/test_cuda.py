@@ -277,3 +277,44 @@ def test_the_engine_stage_records_placement_and_refuses_nodes_off_the_provider(c
     (tmp_path / "off").mkdir()
     with pytest.raises(cuda.EngineBuildError, match=r"relu: 1 nodes would run off the GPU .*: Relu x1"):
         cuda.build({"relu": graph}, tmp_path / "off", _target(), context)
+
+
+def test_a_refused_capture_falls_back_with_the_reason_logged(cpu_as_provider, monkeypatch, tmp_path, caplog):
+    """Capture refused when the session is made, or at the first run (the capture): either way the graph runs
+    without it, and the log says why."""
+    graph = tmp_path / "relu.onnx"
+    onnx.save(fix_shapes(_relu_model(["N", 3]), {"N": 2})[0], str(graph))
+    made = []
+
+    def refusing(path, settings, cuda_graph, profile=None):
+        made.append(cuda_graph)
+        if cuda_graph:
+            raise RuntimeError("all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
+        return real(path, settings, cuda_graph, profile)
+
+    real = cuda.session
+    monkeypatch.setattr(cuda, "session", refusing)
+    runner = cuda.CudaGraph(graph, cuda.CudaSession())
+    assert made == [True, False] and runner.captured is False
+    assert runner.refused.startswith("all compute graph nodes")
+    assert "relu.onnx: CUDA graph capture refused (all compute graph nodes" in caplog.text
+
+    class FailsOnce:  # a session made with capture whose first run (the capture) fails
+        def __init__(self, inner):
+            self.inner, self.failed = inner, False
+
+        def run_with_iobinding(self, binding):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("cudaStreamEndCapture failed")
+            return self.inner.run_with_iobinding(binding)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    runner = cuda.CudaGraph(graph, cuda.CudaSession(), session_=FailsOnce(real(graph, cuda.CudaSession(), False)))
+    runner.captured = True  # as made with capture
+    out = runner.infer({"x": -np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(out["y"], np.zeros((2, 3), np.float32))
+    assert runner.captured is False and runner.refused == "cudaStreamEndCapture failed"
+    assert runner.infer({"x": np.ones((2, 3), np.float32)})["y"].sum() == 6  # the new session, bound again
