@@ -19,7 +19,13 @@
 # What it prints is also written under OUT (default artifacts/cuda-device).
 set -euo pipefail
 
-HANDOFF=$(cd "${1:?usage: scripts/cuda_device.sh HANDOFF (the directory doit handoff target=cuda wrote)}" && pwd)
+if [ $# -ne 1 ] || [ ! -f "$1/handoff.json" ]; then
+    why="no directory given"
+    [ $# -ge 1 ] && why="$1 has no handoff.json"
+    echo "glueforge: usage: scripts/cuda_device.sh HANDOFF, the directory that doit handoff target=cuda dest=HANDOFF wrote ($why)" >&2
+    exit 2
+fi
+HANDOFF=$(cd "$1" && pwd)
 export HANDOFF
 cd "$(dirname "$0")/.."
 OUT=${OUT:-artifacts/cuda-device}

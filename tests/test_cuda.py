@@ -318,3 +318,9 @@ def test_a_refused_capture_falls_back_with_the_reason_logged(cpu_as_provider, mo
     np.testing.assert_array_equal(out["y"], np.zeros((2, 3), np.float32))
     assert runner.captured is False and runner.refused == "cudaStreamEndCapture failed"
     assert runner.infer({"x": np.ones((2, 3), np.float32)})["y"].sum() == 6  # the new session, bound again
+
+
+def test_the_device_script_refuses_a_wrong_argument_in_one_line(tmp_path):
+    for args, why in (([], "no directory given"), ([str(tmp_path)], f"{tmp_path} has no handoff.json")):
+        wrong = subprocess.run(["bash", str(REPO / "scripts/cuda_device.sh"), *args], capture_output=True, text=True)
+        assert wrong.returncode == 2 and wrong.stdout == "" and wrong.stderr.count("\n") == 1 and why in wrong.stderr
