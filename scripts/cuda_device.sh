@@ -15,7 +15,8 @@
 # 5. bench: each bundle per pair (end2end) and per frame (extractor 1 image + matcher 1 pair), p50 and p90, 50 runs;
 # 6. side by side in one process with kornia's torch.compile (benchmarks/cuda_side_by_side.py), when WEIGHTS=DIR names
 #    the weights (a laptop's artifacts/downloads) and REFERENCE_PYTHON (default python3) has torch with CUDA: a venv
-#    .venv-side over it gets kornia and onnxruntime-gpu.
+#    .venv-side over it gets kornia and onnxruntime-gpu; PAIRS=DIR adds the agreement with kornia fp32 on the
+#    photographs there, taken two by two (a copy of ../shared/data/pairs).
 # What it prints is also written under OUT (default artifacts/cuda-device).
 set -euo pipefail
 
@@ -96,4 +97,4 @@ if [ ! -x .venv-side/bin/python ]; then
     pip_install .venv-side/bin/python --no-deps -e .
 fi
 GLUEFORGE_DOWNLOAD_CACHE="$WEIGHTS" .venv-side/bin/python benchmarks/cuda_side_by_side.py "${BUNDLES[@]}" \
-    --runs 50 --out "$OUT/side_by_side.json"
+    --runs 50 ${PAIRS:+--pairs "$PAIRS"} --out "$OUT/side_by_side.json"
