@@ -140,9 +140,9 @@ def _agreement(bundle, run, pairs: Path, size: tuple[int, int]) -> list[dict]:
     files = sorted(p for p in pairs.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     rows = []
     for a, b in zip(files[0::2], files[1::2]):
-        fits = [bundle.fit(size) for _ in range(2)]
-        prepared = [preprocess(_resized(load_image(p), size), bundle.colour, f) for p, f in zip((a, b), fits)]
-        ours = bundle.match_pair(*[_resized(load_image(p), size) for p in (a, b)])
+        images = [_resized(load_image(p), size) for p in (a, b)]  # at the bundle's static size: its fit is the image
+        prepared = [preprocess(image, bundle.colour, bundle.fit(size)) for image in images]
+        ours = bundle.match_pair(*images)
         features, matched = run(torch.from_numpy(np.stack(prepared)).cuda())
         kp = [f["keypoints"].float().cpu().numpy() for f in features]
         corr = [mutual_nearest(kp[i], f.keypoints) for i, f in enumerate((ours.features0, ours.features1))]

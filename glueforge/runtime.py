@@ -69,6 +69,15 @@ class BuildContext:
     model: str = ""  # for messages only (a device command): never part of a key
 
 
+def recorded_settings(directory: Path, name: str, schema: type):
+    """The session settings an engine directory records in ``name`` (a JSON file), as ``schema`` (a pydantic model):
+    the fields it knows, so that the runtime name and versions recorded beside them are left out."""
+    import json
+
+    recorded = json.loads((Path(directory) / name).read_text())
+    return schema(**{k: v for k, v in recorded.items() if k in schema.model_fields})
+
+
 def relative(path: Path, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(root).resolve()))

@@ -24,7 +24,7 @@ from typing_extensions import Annotated
 
 from glueforge.depth import parse_step
 from glueforge.machine import flush_denormals
-from glueforge.runtime import BuildContext, EngineUnavailable, Incompatible
+from glueforge.runtime import BuildContext, EngineUnavailable, Incompatible, recorded_settings
 from glueforge.schema import Recipe, Strict, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,7 @@ def matmul_rate(directory: Path) -> dict[str, Any] | None:
 
 
 def _recorded_session(directory: Path) -> OrtSession:
-    recorded = json.loads((Path(directory) / SESSION).read_text())
-    return OrtSession(**{k: v for k, v in recorded.items() if k in OrtSession.model_fields})
+    return recorded_settings(directory, SESSION, OrtSession)
 
 
 def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None = None) -> OrtGraph:

@@ -38,7 +38,7 @@ from pydantic import Field
 from typing_extensions import Annotated
 
 from glueforge import machine
-from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable, Incompatible
+from glueforge.runtime import BuildContext, EngineBuildError, EngineUnavailable, Incompatible, recorded_settings
 from glueforge.schema import Strict, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,8 @@ def build(graphs: Mapping[str, Path], out: Path, target: Target, context: BuildC
         runner.infer(zero_feed(runner.session))
         engines[name] = {"profile_shapes": {i.name: [list(i.shape)] * 3 for i in runner.session.get_inputs()},
                          "placement": {p: sum(ops.values()) for p, ops in where.items()},
-                         "cuda_graph": runner.captured or f"refused: {runner.refused}"}
+                         "cuda_graph": (True if runner.captured else f"refused: {runner.refused}" if runner.refused
+                                        else "off (session.cuda_graph: false)")}
         runner.close()
         log.info("engine %s: onnxruntime %s, %s, CUDA graph %s", name, ort.__version__, engines[name]["placement"],
                  engines[name]["cuda_graph"])
@@ -371,8 +372,7 @@ _TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(in
 
 
 def _recorded_session(directory: Path) -> CudaSession:
-    recorded = json.loads((Path(directory) / SESSION).read_text())
-    return CudaSession(**{k: v for k, v in recorded.items() if k in CudaSession.model_fields})
+    return recorded_settings(directory, SESSION, CudaSession)
 
 
 def open_graph(directory: Path, graph: str, manifest: Mapping[str, Any] | None = None) -> CudaGraph:
